@@ -1,0 +1,13 @@
+"""distgnn: distributed training of GNN recommenders and export of their embeddings to FAISS.
+
+Stages (each a module and a command): ``prepare`` -> ``train`` -> ``export`` -> ``recommend``.
+"""
+
+__version__ = "0.1.0"
+
+
+def load_export(path):
+    """Load an export folder for serving: ``load_export(path).recommend(user_ids, k)``."""
+    from distgnn.recommend import load_export as _load
+
+    return _load(path)

@@ -1,0 +1,56 @@
+"""Training state on disk: model, optimisers, epoch and history, written atomically."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+STATE_FILE = "state.pt"
+BEST_MODEL = "model.pt"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name, then rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def save_training_state(folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer],
+                        epoch: int, history: list[dict], best: dict | None) -> Path:
+    """Everything needed to continue after ``epoch`` (the next run starts at ``epoch + 1``)."""
+    save_atomic({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                 "epoch": epoch, "history": history, "best": best,
+                 "torch_rng": torch.get_rng_state()}, folder / STATE_FILE)
+    return folder
+
+
+def load_training_state(folder: Path, *, model: nn.Module,
+                        optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
+    """Restore model and optimisers in place; returns ``{"epoch", "history", "best"}``."""
+    state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    model.load_state_dict(state["model"])
+    for opt, opt_state in zip(optimizers, state["optimizers"]):
+        opt.load_state_dict(opt_state)
+    torch.set_rng_state(state["torch_rng"])
+    return {"epoch": state["epoch"], "history": state["history"], "best": state["best"]}
+
+
+def save_model(path: Path, model: nn.Module, info: dict) -> None:
+    """The weights a later stage (export) needs, plus what produced them."""
+    save_atomic({"model": model.state_dict(), "info": info}, path)
+
+
+def load_model_state(path: Path) -> dict[str, Any]:
+    return torch.load(path, weights_only=False)

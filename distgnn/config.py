@@ -1,0 +1,325 @@
+"""Frozen dataclass configs, loaded from YAML with command-line overrides.
+
+Every field of a config dataclass becomes a command-line flag (``--section.field``), so ``--help``
+lists every option with its default and help text. Precedence: defaults < YAML file < flags.
+Unknown keys and wrong types are rejected with a :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distgnn.errors import ConfigError
+
+
+def opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help text (shown by ``--help``)."""
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults")
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stage configs
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in generator: power-law item popularity and planted user tastes."""
+
+    num_users: int = opt(6000, "number of users")
+    num_items: int = opt(3000, "number of items")
+    mean_interactions: float = opt(30.0, "mean interactions per user (log-normal spread, at least 5)")
+    num_factors: int = opt(16, "dimension of the planted taste vectors")
+    popularity_exponent: float = opt(0.8, "Zipf exponent of item popularity")
+    taste_strength: float = opt(2.5, "weight of planted taste against popularity when users choose")
+    seed: int = opt(0, "random seed of the generator")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How raw interactions become a graph directory."""
+
+    input: str = opt("", "input path: a CSV/Parquet file, a MovieLens file or folder, a LightGCN folder "
+                         "(train.txt/test.txt); empty = the synthetic generator")
+    format: str = opt("auto", "input format", choices=("auto", "csv", "parquet", "ml-100k", "ml-1m",
+                                                       "ml-latest", "lightgcn", "synthetic"))
+    output: str = opt("data/synthetic", "graph directory to write")
+    user_col: str = opt("user", "user id column (csv/parquet)")
+    item_col: str = opt("item", "item id column (csv/parquet)")
+    time_col: str = opt("", "timestamp column, empty if none (csv/parquet)")
+    rating_col: str = opt("", "rating column, empty if none (csv/parquet)")
+    event_col: str = opt("", "event-type column such as click/buy, empty if none (csv/parquet)")
+    keep_events: str = opt("", "comma-separated event types kept as interactions; empty keeps all")
+    csv_header: bool = opt(True, "whether a CSV input has a header row (without one, columns are "
+                                 "named 0, 1, 2, ... and the *_col options use those names)")
+    min_rating: float = opt(float("-inf"), "keep only interactions with rating >= this (implicit feedback)")
+    duplicates: str = opt("first", "policy for repeated (user, item) pairs: keep the first (earliest), "
+                                   "the last, or fail", choices=("first", "last", "error"))
+    split: str = opt("random", "how to split: random per user, temporal per user (latest interactions "
+                               "held out), leave-one-out (one val and one test item per user, latest by "
+                               "time or file order), or the dataset's own split",
+                     choices=("random", "temporal", "leave_one_out", "given"))
+    val_fraction: float = opt(0.1, "fraction of each user's interactions for validation (random/temporal;"
+                                   " with 'given', carved at random from the given training part)")
+    test_fraction: float = opt(0.1, "fraction of each user's interactions for test (random/temporal)")
+    seed: int = opt(0, "random seed of the split")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = opt("lightgcn", "model: LightGCN, GraphSAGE-style bipartite model, or matrix factorisation",
+                    choices=("lightgcn", "sage", "mf"))
+    dim: int = opt(64, "embedding dimension")
+    num_layers: int = opt(3, "message-passing layers (ignored by mf)")
+    use_features: bool = opt(True, "sage: feed the graph's node features, when it has them")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    num_neighbors: tuple[int, ...] = opt((10, 10, 10), "neighbors sampled per hop (one per layer; -1 = all)")
+    backend: str = opt("auto", "neighbor sampler: distgnn's own, PyG's (needs pyg-lib or torch-sparse), "
+                               "or auto (PyG's only when pyg-lib is installed)",
+                       choices=("auto", "distgnn", "pyg"))
+    replace: bool = opt(False, "sample neighbors with replacement")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    loss: str = opt("softmax", "bpr, or sampled softmax over in-batch + uniform negatives",
+                    choices=("bpr", "softmax"))
+    num_negatives: int = opt(64, "uniform negative items per positive (bpr uses the first)")
+    temperature: float = opt(0.1, "softmax temperature on cosine scores")
+    batch_size: int = opt(2048, "training edges per step per worker")
+    epochs: int = opt(20, "maximum epochs")
+    lr: float = opt(0.01, "learning rate (Adam; SparseAdam for embedding tables)")
+    l2: float = opt(1e-4, "L2 penalty on the embeddings of the batch (LightGCN's regulariser)")
+    max_steps_per_epoch: int = opt(0, "cap on steps per epoch, 0 = a full pass over the worker's edges")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = opt((10, 20), "cut-offs K for Recall/NDCG/HR/Precision/MRR@K")
+    metric: str = opt("ndcg@20", "validation metric for early stopping and the best checkpoint")
+    patience: int = opt(5, "epochs without improvement before stopping early, 0 = never")
+    every: int = opt(1, "validate every this many epochs")
+    batch_size: int = opt(1024, "users scored at once in full-ranking evaluation")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    num_workers: int = opt(2, "Ray Train workers (DDP ranks)")
+    use_gpu: str = opt("auto", "use GPUs: auto (when Ray sees one), true or false",
+                       choices=("auto", "true", "false"))
+    cpus_per_worker: float = opt(1.0, "CPUs Ray reserves per worker")
+    threads_per_worker: int = opt(1, "torch threads in each worker")
+    max_failures: int = opt(1, "worker failures survived by restarting from the last checkpoint")
+    address: str = opt("", "Ray address; empty = the cluster of 'ray job submit', or a local one")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    output_dir: str = opt("runs", "folder holding run directories")
+    name: str = opt("", "run name; empty = a timestamped name. Re-using a name resumes that run")
+    seed: int = opt(0, "seed for model initialisation, shuffling and sampling")
+    crash_at_epoch: int = opt(-1, "testing aid: worker 0 exits abruptly once, in this epoch")
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """Everything ``python -m distgnn.train`` needs."""
+
+    graph: str = opt("", "prepared graph directory; empty = prepare the synthetic default first")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading, overriding, saving
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check and convert one value to the declared type; raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list of {item_tp.__name__}, got {value!r}")
+        return tuple(_coerce(key, v, item_tp) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        try:
+            if isinstance(value, str):
+                return int(value.strip())
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, int):
+                return value
+        except ValueError:
+            pass
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return str(value)
+    raise AssertionError(f"unsupported config type {tp} for {key}")
+
+
+def _check_choice(key: str, value: Any, f: dataclasses.Field) -> None:
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config key '{key}': expected one of {', '.join(choices)}, got {value!r}")
+
+
+def build_config(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build a (nested) config dataclass from a nested dict; unknown keys and bad types raise."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': expected a mapping")
+    types_ = _field_types(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known here: {', '.join(known)})")
+    kwargs = {}
+    for name, value in values.items():
+        f, tp, key = known[name], types_[name], prefix + name
+        if is_dataclass(tp):
+            kwargs[name] = build_config(tp, value, prefix=key + ".")
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+            _check_choice(key, kwargs[name], f)
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), for YAML/JSON."""
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _set_nested(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for k, v in update.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """One flag per leaf field, named ``--prefix.field`` (``--field`` at the top level)."""
+    types_ = _field_types(cls)
+    for f in fields(cls):
+        tp = types_[f.name]
+        if is_dataclass(tp):
+            add_config_arguments(parser, tp, prefix=f"{prefix}{f.name}.")
+            continue
+        default = f.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices:
+            help_text += f" {{{', '.join(choices)}}}"
+        parser.add_argument(f"--{prefix}{f.name}", dest=f"{prefix}{f.name}", default=None,
+                            metavar="A,B,..." if typing.get_origin(tp) is tuple else tp.__name__.upper(),
+                            help=f"{help_text} (default: {shown})")
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Defaults, then the YAML file named by ``args.config`` (if any), then the flags that were given."""
+    tree: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        tree = load_yaml(args.config)
+    overrides: dict[str, Any] = {}
+    for dotted, value in vars(args).items():
+        if dotted != "config" and value is not None:
+            _set_nested(overrides, dotted, value)
+    return build_config(cls, _merge(tree, overrides))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return tree
+
+
+def load_config(cls: type, path: str | Path | None = None, **overrides: Any) -> Any:
+    """Build a config from an optional YAML file and dotted overrides, e.g. ``**{"optim.epochs": 3}``."""
+    tree = load_yaml(path) if path else {}
+    extra: dict[str, Any] = {}
+    for dotted, value in overrides.items():
+        _set_nested(extra, dotted, value)
+    return build_config(cls, _merge(tree, extra))
+
+
+def replace_nested(config: Any, **dotted: Any) -> Any:
+    """A copy of a frozen config with dotted keys replaced (validated like any other override)."""
+    return build_config(type(config), _merge(config_to_dict(config), _nest(dotted)))
+
+
+def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for k, v in dotted.items():
+        _set_nested(tree, k, v)
+    return tree
+
+
+def make_parser(cls: type, description: str, prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", metavar="YAML", default=None,
+                        help="YAML file of config sections (see configs/); flags override it")
+    add_config_arguments(parser, cls)
+    return parser
+

@@ -1,0 +1,150 @@
+"""The graph store: CSR primitives and loading a prepared graph directory.
+
+Node numbering is homogeneous: users are ``0 .. num_users-1`` and items are
+``num_users .. num_users+num_items-1``. The CSR ``indptr [N+1]`` / ``indices [nnz]`` holds both
+directions of the bipartite training graph (user rows list items, item rows list users), each row
+sorted by neighbor id.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from distgnn.errors import DataError
+from distgnn.files import sha256_file
+
+
+def csr_row_positions(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions into ``indices`` of every entry of the given CSR rows, without a Python loop.
+
+    Args:
+        indptr: ``[N+1]`` int64 row pointer.
+        rows: ``[R]`` int64 row ids (may repeat).
+
+    Returns:
+        ``(segment [nnz_sel], position [nnz_sel])``: for each selected entry, the index into ``rows``
+        it belongs to and its position in ``indices``. Entries of one row are contiguous and in order.
+    """
+    start = indptr[rows]
+    count = indptr[rows + 1] - start
+    segment = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
+    # offset of each entry inside its own row: global arange minus the segment's first output slot
+    first_slot = torch.cumsum(count, 0) - count
+    position = start[segment] + torch.arange(segment.numel(), device=rows.device) - first_slot[segment]
+    return segment, position
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading a prepared graph directory (written by distgnn.prepare)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ItemSets:
+    """Per-user item sets as CSR over user indices: ``indptr [U+1]``, ``indices [nnz]`` item indices."""
+
+    indptr: Tensor
+    indices: Tensor
+
+    @property
+    def counts(self) -> Tensor:
+        return self.indptr[1:] - self.indptr[:-1]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A prepared user-item graph. Arrays are memory-mapped, so workers share the page cache."""
+
+    path: Path
+    meta: dict
+    num_users: int
+    num_items: int
+    indptr: Tensor  # [N+1] int64 CSR of the training graph, homogeneous numbering
+    indices: Tensor  # [2E] int64
+    train: ItemSets
+    val: ItemSets
+    test: ItemSets
+    user_features: Tensor | None  # [U, Fu] float32
+    item_features: Tensor | None  # [I, Fi] float32
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_users + self.num_items
+
+    @property
+    def degree(self) -> Tensor:
+        """[N] training degree of every node."""
+        return self.indptr[1:] - self.indptr[:-1]
+
+    @property
+    def train_edges(self) -> tuple[Tensor, Tensor]:
+        """``(user [E], item [E])`` training edges as user and item indices."""
+        user = torch.repeat_interleave(torch.arange(self.num_users), self.train.counts)
+        return user, self.train.indices
+
+    def split(self, name: str) -> ItemSets:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def item_sets_from_pairs(user: np.ndarray, item: np.ndarray, num_users: int) -> ItemSets:
+    """CSR of per-user item sets from (user, item) pairs, rows sorted by item."""
+    order = np.lexsort((item, user))
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user, minlength=num_users), out=indptr[1:])
+    return ItemSets(torch.from_numpy(indptr), torch.from_numpy(item[order].astype(np.int64)))
+
+
+def verify_graph_dir(path: str | Path) -> dict:
+    """Check that a graph directory is complete and its files match the checksums in meta.json."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise DataError(f"{path}: not a graph directory (no meta.json); run python -m distgnn.prepare first")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{meta_file}: not valid JSON ({err})") from None
+    for name, digest in meta.get("checksums", {}).items():
+        file = path / name
+        if not file.is_file():
+            raise DataError(f"{path}: file {name} listed in meta.json is missing")
+        if sha256_file(file) != digest:
+            raise DataError(f"{file}: checksum differs from meta.json; the graph directory is damaged")
+    return meta
+
+
+def _load_npy(path: Path) -> Tensor:
+    # mmap_mode="c": pages stay shared with other processes; torch needs a writable array.
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
+def load_graph(path: str | Path, *, verify: bool = False) -> Graph:
+    """Load a graph directory; ``verify`` also checks every file's checksum."""
+    path = Path(path)
+    meta = verify_graph_dir(path) if verify else json.loads((path / "meta.json").read_text())
+    num_users, num_items = int(meta["num_users"]), int(meta["num_items"])
+    indptr = _load_npy(path / "graph" / "indptr.npy")
+    indices = _load_npy(path / "graph" / "indices.npy")
+    if indptr.numel() != num_users + num_items + 1:
+        raise DataError(f"{path}/graph/indptr.npy: expected {num_users + num_items + 1} entries, "
+                        f"got {indptr.numel()}")
+    user_rows = int(indptr[num_users])
+    train = ItemSets(indptr[: num_users + 1], indices[:user_rows] - num_users)
+    sets = {}
+    for name in ("val", "test"):
+        table = pq.read_table(path / f"{name}.parquet", columns=["user", "item"])
+        sets[name] = item_sets_from_pairs(table["user"].to_numpy(), table["item"].to_numpy(), num_users)
+    features = {}
+    for kind in ("user", "item"):
+        file = path / "features" / f"{kind}.npy"
+        features[kind] = _load_npy(file) if file.is_file() else None
+    return Graph(path=path, meta=meta, num_users=num_users, num_items=num_items, indptr=indptr,
+                 indices=indices, train=train, val=sets["val"], test=sets["test"],
+                 user_features=features["user"], item_features=features["item"])

@@ -1,0 +1,210 @@
+"""Recommender models over the homogeneous user-item graph. Architecture only: no data, no losses.
+
+Every model maps a (sub)graph to node embeddings: ``forward(n_id [n], adj_t [n, n]) -> [n, dim]``
+where ``n_id`` are global node ids and ``adj_t`` is a sparse CSR matrix whose row ``v`` holds the
+weighted incoming messages of node ``v``. The same forward serves a sampled subgraph in training
+and the whole graph (layer by layer, :func:`full_graph_embeddings`) in evaluation and export.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv, SAGEConv
+
+from distgnn.graph import csr_row_positions
+
+# torch's CSR tensors are stable for the sparse @ dense products used here; its "beta" notice is noise.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+def lightgcn_edge_weight(degree: Tensor, src: Tensor, dst: Tensor, num_sampled: Tensor) -> Tensor:
+    """Message weights of LightGCN's propagation, unbiased under neighbor sampling.
+
+    Full graph: ``h_v = sum_{u in N(v)} h_u / sqrt(d_u d_v)``. With ``s_v`` of the ``d_v`` neighbors
+    sampled uniformly, scaling by ``d_v / s_v`` keeps the expectation exact:
+    ``w_uv = sqrt(d_v) / (s_v sqrt(d_u))``. Degrees are full-graph degrees, never sampled ones.
+
+    Args:
+        degree: ``[N]`` full training degree per global node id.
+        src, dst: ``[e]`` global node ids of each sampled edge (message ``src -> dst``).
+        num_sampled: ``[e]`` number of sampled neighbors of each edge's ``dst``.
+    """
+    d_src = degree[src].clamp(min=1).to(torch.float32)
+    d_dst = degree[dst].clamp(min=1).to(torch.float32)
+    return d_dst.sqrt() / (num_sampled.to(torch.float32) * d_src.sqrt())
+
+
+def sampled_adjacency(n_id: Tensor, row: Tensor, col: Tensor, degree: Tensor) -> Tensor:
+    """``adj_t [n, n]`` (sparse CSR) of a sampled subgraph with LightGCN weights.
+
+    ``row``/``col`` are local indices as PyG samplers return them: message ``row -> col``.
+    """
+    n = n_id.numel()
+    perm = torch.argsort(col, stable=True)
+    row, col = row[perm], col[perm]
+    counts = torch.bincount(col, minlength=n)
+    weight = lightgcn_edge_weight(degree, n_id[row], n_id[col], counts[col])
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, row, weight, (n, n))
+
+
+def full_adjacency(indptr: Tensor, indices: Tensor, *, rows: Tensor | None = None) -> Tensor:
+    """``adj_t`` of the whole graph (or of the given destination rows) with weights ``1/sqrt(d_u d_v)``.
+
+    Returns ``[len(rows), N]`` sparse CSR; ``rows`` defaults to all nodes.
+    """
+    degree = indptr[1:] - indptr[:-1]
+    num_nodes = degree.numel()
+    if rows is None:
+        crow, col = indptr, indices
+        dst = torch.repeat_interleave(torch.arange(num_nodes), degree)
+    else:
+        segment, position = csr_row_positions(indptr, rows)
+        crow = torch.zeros(rows.numel() + 1, dtype=torch.long)
+        torch.cumsum(degree[rows], 0, out=crow[1:])
+        col, dst = indices[position], rows[segment]
+    weight = lightgcn_edge_weight(degree, col, dst, degree[dst])
+    return torch.sparse_csr_tensor(crow, col, weight, (crow.numel() - 1, num_nodes))
+
+
+class LightGCN(nn.Module):
+    r"""LightGCN (He et al., 2020): ``e^{(l+1)} = \hat A e^{(l)}``, output ``\sum_l e^{(l)} / (L+1)``.
+
+    Args:
+        num_nodes: users + items.
+        dim: embedding size.
+        num_layers: propagation layers ``L``.
+    """
+
+    def __init__(self, num_nodes: int, dim: int, num_layers: int):
+        super().__init__()
+        self.num_layers = num_layers
+        # sparse=True: gradients (and DDP's all-reduce) touch only the rows of a batch.
+        self.embedding = nn.Embedding(num_nodes, dim, sparse=True)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        self.conv = LGConv(normalize=False)
+
+    def ego(self, n_id: Tensor) -> Tensor:
+        return self.embedding(n_id)
+
+    def forward(self, n_id: Tensor, adj_t: Tensor) -> Tensor:
+        x = self.embedding(n_id)
+        out = x / (self.num_layers + 1)
+        for _ in range(self.num_layers):
+            x = self.conv(x, adj_t)
+            out = out + x / (self.num_layers + 1)
+        return out
+
+
+class MF(nn.Module):
+    """Matrix factorisation: the zero-layer baseline, ``score(u, i) = <e_u, e_i>``."""
+
+    num_layers = 0
+
+    def __init__(self, num_nodes: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(num_nodes, dim, sparse=True)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+
+    def ego(self, n_id: Tensor) -> Tensor:
+        return self.embedding(n_id)
+
+    def forward(self, n_id: Tensor, adj_t: Tensor | None = None) -> Tensor:
+        return self.embedding(n_id)
+
+
+class BipartiteSAGE(nn.Module):
+    """GraphSAGE-style recommender: learnable id embeddings plus projected node features, then
+    ``num_layers`` mean-aggregating :class:`SAGEConv` layers with ReLU in between.
+
+    Args:
+        num_nodes: users + items.
+        dim: hidden and output size.
+        num_layers: SAGE layers.
+        features: optional ``[N, F]`` float32 node features (zeros for nodes without any).
+    """
+
+    def __init__(self, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None):
+        super().__init__()
+        self.num_layers = num_layers
+        self.embedding = nn.Embedding(num_nodes, dim, sparse=True)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        self.register_buffer("features", features, persistent=False)
+        self.feature_proj = nn.Linear(features.shape[1], dim) if features is not None else None
+        self.convs = nn.ModuleList(SAGEConv(dim, dim, aggr="mean") for _ in range(num_layers))
+
+    def ego(self, n_id: Tensor) -> Tensor:
+        return self.embedding(n_id)
+
+    def inputs(self, n_id: Tensor) -> Tensor:
+        x = self.embedding(n_id)
+        if self.feature_proj is not None:
+            x = x + self.feature_proj(self.features[n_id])
+        return x
+
+    def forward(self, n_id: Tensor, adj_t: Tensor) -> Tensor:
+        x = self.inputs(n_id)
+        for i in range(self.num_layers):
+            x = self.layer(i, x, adj_t)
+        return x
+
+    def layer(self, index: int, x: Tensor, adj_t: Tensor) -> Tensor:
+        # SAGEConv's mean aggregation ignores edge weights: a pattern-only copy of adj_t.
+        pattern = torch.sparse_csr_tensor(adj_t.crow_indices(), adj_t.col_indices(),
+                                          torch.ones_like(adj_t.values()), adj_t.shape)
+        x = self.convs[index](x, pattern)
+        return x if index == self.num_layers - 1 else torch.relu(x)
+
+
+def build_model(name: str, *, num_nodes: int, dim: int, num_layers: int,
+                features: Tensor | None = None) -> nn.Module:
+    if name == "lightgcn":
+        return LightGCN(num_nodes, dim, num_layers)
+    if name == "mf":
+        return MF(num_nodes, dim)
+    if name == "sage":
+        return BipartiteSAGE(num_nodes, dim, num_layers, features)
+    raise ValueError(f"unknown model {name!r}")
+
+
+@torch.no_grad()
+def full_graph_embeddings(model: nn.Module, indptr: Tensor, indices: Tensor, *,
+                          chunk_size: int = 65536) -> Tensor:
+    """Exact embeddings of every node, layer by layer over the whole graph (no sampling).
+
+    Each layer is materialised for all nodes before the next, in chunks of destination rows, so
+    the cost is ``O(E * L * dim)`` and peak memory is a few ``[N, dim]`` tables.
+
+    Returns ``[N, dim]`` float32.
+    """
+    num_nodes = indptr.numel() - 1
+    n_id = torch.arange(num_nodes)
+    if isinstance(model, MF) or model.num_layers == 0:
+        return model.embedding.weight.detach().clone()
+    x = model.inputs(n_id) if isinstance(model, BipartiteSAGE) else model.embedding.weight.detach()
+    out = x / (model.num_layers + 1) if isinstance(model, LightGCN) else None
+    for layer in range(model.num_layers):
+        nxt = torch.empty_like(x)
+        for start in range(0, num_nodes, chunk_size):
+            rows = n_id[start:start + chunk_size]
+            adj_t = full_adjacency(indptr, indices, rows=rows)
+            nxt[start:start + rows.numel()] = _layer_rows(model, layer, x, adj_t, rows)
+        x = nxt
+        if out is not None:
+            out = out + x / (model.num_layers + 1)
+    return out if out is not None else x
+
+
+def _layer_rows(model: nn.Module, layer: int, x: Tensor, adj_t: Tensor, rows: Tensor) -> Tensor:
+    """One layer for a chunk of destination rows: ``adj_t [R, N]`` against ``x [N, d]``."""
+    if isinstance(model, LightGCN):
+        return torch.sparse.mm(adj_t, x)
+    # SAGEConv needs the destination's own features: pass (x_src, x_dst) as PyG's bipartite form.
+    pattern = torch.sparse_csr_tensor(adj_t.crow_indices(), adj_t.col_indices(),
+                                      torch.ones_like(adj_t.values()), adj_t.shape)
+    h = model.convs[layer]((x, x[rows]), pattern)
+    return h if layer == model.num_layers - 1 else torch.relu(h)

@@ -1,0 +1,119 @@
+"""Stage 4: top-k items for given users from an export, seen items excluded.
+
+    python -m distgnn.recommend --export exports/my-run --user-ids 17,42 --k 10
+
+Python API for services::
+
+    import distgnn
+    export = distgnn.load_export("exports/my-run")
+    table = export.recommend(["17", "42"], k=10)          # pyarrow Table: user_id, rank, item_id, score
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from distgnn.errors import DataError
+from distgnn.export import MANIFEST, read_embeddings
+from distgnn.graph import item_sets_from_pairs
+from distgnn.index import load_index, search_excluding
+
+
+@dataclass
+class Export:
+    """A loaded export: embeddings, id maps, seen items and lazily loaded FAISS indexes."""
+
+    path: Path
+    manifest: dict
+    user_ids: pa.Array  # [U] raw user ids (string)
+    item_ids: np.ndarray  # [I] raw item ids
+    user_emb: np.ndarray  # [U, d] float32
+    item_emb: np.ndarray  # [I, d] float32
+    seen_indptr: torch.Tensor  # CSR of every known interaction, per user index
+    seen_indices: torch.Tensor
+    _indexes: dict = field(default_factory=dict, repr=False)
+
+    def user_index(self, raw_ids: list[str]) -> np.ndarray:
+        """Dense indices of raw user ids; an unknown id raises DataError naming it."""
+        found = pc.index_in(pa.array([str(u) for u in raw_ids]), value_set=self.user_ids)
+        if found.null_count:
+            missing = [raw_ids[i] for i in np.flatnonzero(pc.is_null(found).to_numpy(zero_copy_only=False))]
+            raise DataError(f"{self.path}: unknown user id(s) {', '.join(map(str, missing[:5]))} "
+                            f"(the export knows {len(self.user_ids):,} users)")
+        return found.to_numpy().astype(np.int64)
+
+    def index(self, index_type: str):
+        if index_type not in self.manifest["indexes"]:
+            raise DataError(f"{self.path}: no '{index_type}' index in this export "
+                            f"(has: {', '.join(self.manifest['indexes'])})")
+        if index_type not in self._indexes:
+            self._indexes[index_type] = load_index(self.path / self.manifest["indexes"][index_type]["file"])
+        return self._indexes[index_type]
+
+    def recommend(self, user_ids: list[str], k: int = 10, *, index: str = "flat") -> pa.Table:
+        """Top-``k`` unseen items per user, best first, as ``user_id, rank, item_id, score``."""
+        rows = self.user_index(user_ids)
+        D, I = search_excluding(self.index(index), self.user_emb[rows], k, self.seen_indptr,
+                                self.seen_indices, torch.from_numpy(rows), metric="ip")
+        valid = I >= 0
+        b, r = np.nonzero(valid)
+        return pa.table({"user_id": pa.array(np.asarray([str(u) for u in user_ids])[b]),
+                         "rank": pa.array(r + 1), "item_id": pa.array(self.item_ids[I[valid]]),
+                         "score": pa.array(D[valid].astype(np.float32))})
+
+
+def load_export(path: str | Path) -> Export:
+    """Load an export folder written by ``python -m distgnn.export``."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise DataError(f"{path}: not an export folder (no {MANIFEST}); run python -m distgnn.export first")
+    manifest = json.loads((path / MANIFEST).read_text())
+    user_ids, user_emb = read_embeddings(path / "users.parquet")
+    item_ids, item_emb = read_embeddings(path / "items.parquet")
+    seen = pq.read_table(path / "seen.parquet")
+    sets = item_sets_from_pairs(seen["user"].to_numpy(), seen["item"].to_numpy(), len(user_ids))
+    return Export(path=path, manifest=manifest, user_ids=pa.array(user_ids.astype(str)), item_ids=item_ids,
+                  user_emb=user_emb, item_emb=item_emb, seen_indptr=sets.indptr, seen_indices=sets.indices)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distgnn.recommend",
+                                     description="Recommend the top-k unseen items for users of an export.")
+    parser.add_argument("--export", required=True, help="export folder written by distgnn.export")
+    parser.add_argument("--user-ids", required=True, help="comma-separated raw user ids, as in the input data")
+    parser.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
+    parser.add_argument("--index", default="flat", help="which of the export's indexes to search (default: flat)")
+    parser.add_argument("--format", default="table", choices=("table", "csv", "json"),
+                        help="output format on stdout (default: table)")
+    args = parser.parse_args(argv)
+    try:
+        export = load_export(args.export)
+        result = export.recommend([u.strip() for u in args.user_ids.split(",") if u.strip()], args.k,
+                                  index=args.index)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(result.to_pylist()))
+    elif args.format == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result, sys.stdout.buffer)
+    else:
+        print(f"{'user_id':>10} {'rank':>4} {'item_id':>12} {'score':>8}")
+        for row in result.to_pylist():
+            print(f"{row['user_id']:>10} {row['rank']:>4} {row['item_id']:>12} {row['score']:8.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Stage 2: distributed training with Ray Train + PyTorch DDP on neighbor-sampled mini-batches.
+
+    python -m distgnn.train                                  # synthetic default, 2 workers
+    python -m distgnn.train --config configs/gowalla.yaml --optim.epochs 30
+    ray job submit --address http://127.0.0.1:8265 -- python -m distgnn.train --config ...
+
+:func:`train_loop` is the whole training procedure as one plain function; it runs the same in one
+process (tests) and inside each Ray Train worker, where :func:`_ray_worker` hands it Ray's
+``report``, checkpoint and ``prepare_model``. Each worker trains on its own shard of the training
+edges; gradients of the embedding tables are sparse, so DDP exchanges only the rows a step touched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+from torch_geometric.loader import LinkLoader
+from torch_geometric.sampler import NegativeSampling
+
+from distgnn import dist
+from distgnn.checkpoint import (BEST_MODEL, load_training_state, save_model, save_training_state,
+                                write_json_atomic)
+from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_from_args, config_to_dict,
+                            make_parser, replace_nested)
+from distgnn.errors import DataError
+from distgnn.graph import Graph, csr_row_positions, load_graph, verify_graph_dir
+from distgnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
+from distgnn.metrics import evaluate_popularity, evaluate_ranking, finalize
+from distgnn.models import build_model, full_graph_embeddings, sampled_adjacency
+from distgnn.rundir import RESULTS_FILE, create_run_dir, plot_curves, read_history, results_table, write_history
+from distgnn.sampler import make_sampler
+
+log = logging.getLogger(__name__)
+
+ReportFn = Callable[[dict, "Path | None"], None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks (pure or nearly)
+
+
+def node_features(graph: Graph) -> Tensor | None:
+    """``[N, Fu + Fi]`` block layout of user and item features (zeros where a side has none)."""
+    if graph.user_features is None and graph.item_features is None:
+        return None
+    fu = graph.user_features.shape[1] if graph.user_features is not None else 0
+    fi = graph.item_features.shape[1] if graph.item_features is not None else 0
+    x = torch.zeros(graph.num_nodes, fu + fi)
+    if fu:
+        x[: graph.num_users, :fu] = graph.user_features
+    if fi:
+        x[graph.num_users:, fu:] = graph.item_features
+    return x
+
+
+def make_model(job: TrainJobConfig, graph: Graph) -> nn.Module:
+    features = node_features(graph) if job.model.name == "sage" and job.model.use_features else None
+    num_layers = 0 if job.model.name == "mf" else job.model.num_layers
+    if num_layers and len(job.sampler.num_neighbors) != num_layers:
+        raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "
+                          f"(one per layer of model.num_layers), got {len(job.sampler.num_neighbors)}")
+    return build_model(job.model.name, num_nodes=graph.num_nodes, dim=job.model.dim,
+                       num_layers=num_layers, features=features)
+
+
+def shard_edges(graph: Graph, rank: int, world_size: int, seed: int) -> Tensor:
+    """This worker's training edges as ``edge_label_index [2, E_r]`` (user node, item node): a fixed
+    random permutation dealt round-robin, so shards differ in size by at most one edge."""
+    user, item = graph.train_edges
+    perm = torch.randperm(user.numel(), generator=torch.Generator().manual_seed(seed))[rank::world_size]
+    return torch.stack([user[perm], item[perm] + graph.num_users])
+
+
+def make_optimizers(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
+    """SparseAdam for the embedding tables (sparse gradients), Adam for dense weights if any."""
+    sparse = [p for n, p in model.named_parameters() if n.endswith("embedding.weight")]
+    dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.weight")]
+    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
+    if dense:
+        opts.append(torch.optim.Adam(dense, lr=lr))
+    return opts
+
+
+def make_train_loader(graph: Graph, job: TrainJobConfig, edge_label_index: Tensor, seed: int) -> LinkLoader:
+    """PyG's LinkLoader driven by distgnn's sampler: each batch holds the sampled subgraph around
+    the batch's users, positive items and negative items (items only, never a user's positive)."""
+    fanouts = list(job.sampler.num_neighbors) if job.model.name != "mf" else []
+    sampler = make_sampler(graph.indptr, graph.indices, fanouts, num_users=graph.num_users,
+                           num_items=graph.num_items, backend=job.sampler.backend,
+                           replace=job.sampler.replace, seed=seed)
+    # The graph itself lives in the sampler's CSR; LinkLoader only needs an `edge_index` key to
+    # emit the sampled one.
+    data = Data(num_nodes=graph.num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long))
+    amount = 1 if job.optim.loss == "bpr" else job.optim.num_negatives
+    return LinkLoader(data, link_sampler=sampler, edge_label_index=edge_label_index,
+                      neg_sampling=NegativeSampling("triplet", amount=amount),
+                      batch_size=job.optim.batch_size, shuffle=True, drop_last=True)
+
+
+def positives_mask(graph: Graph, users: Tensor, candidates: Tensor) -> Tensor:
+    """``[B, C]`` True where candidate item node ``candidates[c]`` is a training positive of
+    user ``users[b]`` (global ids). Vectorised over the batch's CSR rows."""
+    segment, position = csr_row_positions(graph.indptr, users)
+    item_nodes = graph.indices[position]
+    sorted_cand, order = torch.sort(candidates)
+    loc = torch.searchsorted(sorted_cand, item_nodes).clamp(max=candidates.numel() - 1)
+    hit = sorted_cand[loc] == item_nodes
+    mask = torch.zeros(users.numel(), candidates.numel(), dtype=torch.bool)
+    mask[segment[hit], order[loc[hit]]] = True
+    return mask
+
+
+def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph, job: TrainJobConfig,
+               item_log_q: Tensor | None) -> Tensor:
+    """Loss of one sampled batch: forward over the subgraph, then BPR or sampled softmax."""
+    adj_t = None
+    if job.model.name != "mf":
+        adj_t = sampled_adjacency(batch.n_id, batch.edge_index[0], batch.edge_index[1], graph.degree)
+    out = model(batch.n_id, adj_t)
+    neg_index = batch.dst_neg_index.view(batch.src_index.numel(), -1)
+    user_local, pos_local = batch.src_index, batch.dst_pos_index
+    if job.optim.loss == "bpr":
+        neg_local = neg_index[:, 0]
+        loss = bpr_loss(out[user_local], out[pos_local], out[neg_local])
+        ego = raw_model.ego(batch.n_id[torch.cat([user_local, pos_local, neg_local])])
+        return loss + job.optim.l2 * l2_penalty(*ego.chunk(3))
+    cand_local, inverse = torch.unique(torch.cat([pos_local, neg_index.flatten()]), return_inverse=True)
+    target = inverse[: pos_local.numel()]
+    cand_nodes = batch.n_id[cand_local]
+    mask = positives_mask(graph, batch.n_id[user_local], cand_nodes)
+    log_q = item_log_q[cand_nodes - graph.num_users] if item_log_q is not None else None
+    loss = sampled_softmax_loss(out[user_local], out[cand_local], target,
+                                temperature=job.optim.temperature, mask=mask, log_q=log_q)
+    ego = raw_model.ego(batch.n_id[torch.cat([user_local, pos_local])])
+    return loss + job.optim.l2 * l2_penalty(*ego.chunk(2))
+
+
+def candidate_log_q(graph: Graph, job: TrainJobConfig) -> Tensor:
+    """log of the expected number of times each item enters a batch: in-batch positives are drawn
+    in proportion to item degree, uniform negatives evenly."""
+    item_degree = graph.degree[graph.num_users:].to(torch.float64)
+    batch = job.optim.batch_size
+    expected = batch * item_degree / item_degree.sum() + batch * job.optim.num_negatives / graph.num_items
+    return expected.clamp(min=1e-12).log().to(torch.float32)
+
+
+def scoring_metric(loss: str) -> str:
+    """How a model scores (user, item): cosine when trained with the (cosine) softmax loss, else dot."""
+    return "cosine" if loss == "softmax" else "ip"
+
+
+@torch.no_grad()
+def final_embeddings(model: nn.Module, graph: Graph, loss: str, *, chunk_size: int = 65536) -> Tensor:
+    """``[N, d]`` exact embeddings, normalised when the model scores by cosine, so that a plain
+    inner product ranks as the model does (in evaluation, export and FAISS alike)."""
+    emb = full_graph_embeddings(model, graph.indptr, graph.indices, chunk_size=chunk_size)
+    return torch.nn.functional.normalize(emb, dim=-1) if scoring_metric(loss) == "cosine" else emb
+
+
+@torch.no_grad()
+def evaluate(embeddings: Tensor, graph: Graph, split: str, ks: tuple[int, ...], *,
+             batch_size: int) -> dict[str, float]:
+    """Full-ranking metrics on ``split`` ('val' or 'test') from ``[N, d]`` node embeddings: this
+    rank's share of users, summed over ranks. Seen items are excluded: training items, plus
+    validation items when testing."""
+    emb = embeddings
+    users = _my_users(graph, split)
+    sums = evaluate_ranking(emb[: graph.num_users], emb[graph.num_users:], users, _exclude(graph, split),
+                            _truth(graph, split), list(ks), batch_size=batch_size)
+    return finalize(dist.all_reduce_sum(sums))
+
+
+def evaluate_popularity_baseline(graph: Graph, split: str, ks: tuple[int, ...], *,
+                                 batch_size: int) -> dict[str, float]:
+    item_degree = graph.degree[graph.num_users:].to(torch.float32)
+    sums = evaluate_popularity(item_degree, _my_users(graph, split), _exclude(graph, split),
+                               _truth(graph, split), list(ks), batch_size=batch_size)
+    return finalize(dist.all_reduce_sum(sums))
+
+
+def _my_users(graph: Graph, split: str) -> Tensor:
+    users = torch.nonzero(graph.split(split).counts > 0).flatten()
+    return users[dist.rank()::dist.world_size()]
+
+
+def _exclude(graph: Graph, split: str) -> list[tuple[Tensor, Tensor]]:
+    seen = [graph.train] + ([graph.val] if split == "test" else [])
+    return [(s.indptr, s.indices) for s in seen]
+
+
+def _truth(graph: Graph, split: str) -> tuple[Tensor, Tensor]:
+    sets = graph.split(split)
+    return sets.indptr, sets.indices
+
+
+def eval_split(graph: Graph) -> str:
+    """Validate on 'val' when the split has one; otherwise monitor 'test' (no model selection)."""
+    return "val" if int(graph.val.counts.sum()) > 0 else "test"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The training loop
+
+
+@dataclass(frozen=True)
+class Restored:
+    """What a worker resumes from: the folder of a checkpoint written by :func:`train_loop`."""
+
+    folder: Path
+
+
+def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = None,
+               restore: Restored | None = None, wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m,
+               ) -> dict[str, Any]:
+    """Train, validate every ``eval.every`` epochs, checkpoint, stop early; then test the best model.
+
+    Returns the final results (test metrics of the model and of the popularity baseline).
+    """
+    rank, world_size = dist.rank(), dist.world_size()
+    torch.set_num_threads(job.cluster.threads_per_worker)
+    torch.manual_seed(job.run.seed)  # same initial weights on every rank
+    graph = load_graph(job.graph)
+    raw_model = make_model(job, graph)
+    optimizers = make_optimizers(raw_model, job.optim.lr)
+    start_epoch, history, best = 0, [], None
+    if restore is not None:
+        state = load_training_state(restore.folder, model=raw_model, optimizers=optimizers)
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        log.info("resumed from %s at epoch %d", restore.folder, start_epoch)
+    model = wrap_model(raw_model)
+
+    torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batches per rank
+    edges = shard_edges(graph, rank, world_size, job.run.seed)
+    loader = make_train_loader(graph, job, edges, seed=job.run.seed + 7919 * rank + start_epoch)
+    steps = dist.all_reduce_min(len(loader))  # equal steps on every rank, or DDP would hang
+    if job.optim.max_steps_per_epoch:
+        steps = min(steps, job.optim.max_steps_per_epoch)
+    if steps == 0:
+        raise ConfigError(f"config key 'optim.batch_size': {job.optim.batch_size} exceeds a worker's "
+                          f"{edges.shape[1]} training edges")
+    item_log_q = candidate_log_q(graph, job) if job.optim.loss == "softmax" else None
+    split = eval_split(graph)
+    metric = job.eval.metric
+    log.info("%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s", world_size,
+             f"{edges.shape[1]:,}", steps, job.optim.batch_size, split)
+
+    for epoch in range(start_epoch, job.optim.epochs):
+        _maybe_crash(job, run_dir, epoch)
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for _, batch in zip(range(steps), loader):
+            loss = batch_loss(model, raw_model, batch, graph, job, item_log_q)
+            for opt in optimizers:
+                opt.zero_grad()
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            loss_sum += loss.detach()
+        totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps})
+        record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"],
+                                  "train_s": round(time.perf_counter() - t0, 3)}
+        if (epoch + 1) % job.eval.every == 0 or epoch == job.optim.epochs - 1:
+            model.eval()
+            t1 = time.perf_counter()
+            emb = final_embeddings(raw_model, graph, job.optim.loss)
+            record["eval"] = evaluate(emb, graph, split, job.eval.ks, batch_size=job.eval.batch_size)
+            record["eval_split"], record["eval_s"] = split, round(time.perf_counter() - t1, 3)
+            if metric not in record["eval"]:
+                raise ConfigError(f"config key 'eval.metric': {metric!r} is not among {sorted(record['eval'])}")
+            # Without a validation split the last epoch is kept: choosing by test would be cheating.
+            if best is None or split == "test" or record["eval"][metric] > best["value"]:
+                best = {"epoch": epoch, "value": record["eval"][metric]}
+                if rank == 0:
+                    save_model(run_dir / BEST_MODEL, raw_model, {"epoch": epoch, metric: best["value"],
+                                                                 "config": config_to_dict(job)})
+        history.append(record)
+        if rank == 0:
+            write_history(run_dir, history)
+            _log_epoch(record, metric)
+        stop = (split == "val" and job.eval.patience > 0 and best is not None
+                and epoch - best["epoch"] >= job.eval.patience * job.eval.every)
+        _report_with_checkpoint(report, {**_flat(record), "stop": stop}, raw_model, optimizers, epoch,
+                                history, best)
+        if stop:
+            log.info("no %s improvement for %d epochs: stopping early", metric, epoch - best["epoch"])
+            break
+
+    dist.barrier()  # rank 0 has written the best model
+    best_state = torch.load(run_dir / BEST_MODEL, weights_only=False)
+    raw_model.load_state_dict(best_state["model"])
+    model.eval()
+    emb = final_embeddings(raw_model, graph, job.optim.loss)
+    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size)
+    popularity = evaluate_popularity_baseline(graph, "test", job.eval.ks, batch_size=job.eval.batch_size)
+    results = {"model": job.model.name, "best_epoch": best_state["info"]["epoch"], "test": test,
+               "popularity_test": popularity, "epochs_run": len(history),
+               "train_s": sum(h["train_s"] for h in history)}
+    if rank == 0:
+        write_json_atomic(results, run_dir / RESULTS_FILE)
+    if report is not None:
+        report({"final": True, **{f"test/{k}": v for k, v in test.items()}}, None)
+    return results
+
+
+def _flat(record: dict) -> dict:
+    out = {k: v for k, v in record.items() if k != "eval"}
+    out.update({f"{record.get('eval_split', 'val')}/{k}": v for k, v in record.get("eval", {}).items()})
+    return out
+
+
+def _report_with_checkpoint(report: ReportFn | None, metrics: dict, model: nn.Module,
+                            optimizers: list, epoch: int, history: list, best: dict | None) -> None:
+    if report is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = None
+        if dist.rank() == 0:  # one copy of the (replicated) state is enough
+            folder = save_training_state(Path(tmp), model=model, optimizers=optimizers, epoch=epoch,
+                                         history=history, best=best)
+        report(metrics, folder)
+
+
+def _maybe_crash(job: TrainJobConfig, run_dir: Path, epoch: int) -> None:
+    """Testing aid: worker 0 dies abruptly once, at the start of ``run.crash_at_epoch``."""
+    marker = run_dir / ".crashed-once"
+    if epoch == job.run.crash_at_epoch and dist.rank() == 0 and not marker.exists():
+        marker.touch()
+        log.warning("crash_at_epoch=%d: worker 0 exits now (testing fault tolerance)", epoch)
+        os._exit(1)
+
+
+def _log_epoch(record: dict, metric: str) -> None:
+    text = f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  train {record['train_s']:.1f}s"
+    if "eval" in record:
+        text += f"  {record['eval_split']} {metric} {record['eval'][metric]:.4f}  " \
+                f"recall@20 {record['eval'].get('recall@20', float('nan')):.4f}"
+    log.info(text)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ray Train shell
+
+
+def _ray_worker(loop_config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    logging.basicConfig(level=logging.INFO if ray.train.get_context().get_world_rank() == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
+    job = build_config(TrainJobConfig, loop_config["job"])
+    checkpoint = ray.train.get_checkpoint()
+
+    def report(metrics: dict, folder: Path | None) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(folder)) if folder is not None else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def run(restore: Restored | None) -> None:
+        train_loop(job, Path(loop_config["run_dir"]), report=report, restore=restore,
+                   wrap_model=ray.train.torch.prepare_model)
+
+    if checkpoint is None:
+        run(None)
+    else:
+        with checkpoint.as_directory() as folder:
+            run(Restored(Path(folder)))
+
+
+def launch(job: TrainJobConfig, run_dir: Path) -> dict[str, Any]:
+    """Run :func:`train_loop` on ``cluster.num_workers`` Ray Train workers; returns the results."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        # Under `ray job submit` RAY_ADDRESS points at the cluster; otherwise a local one starts.
+        ray.init(address=job.cluster.address or None, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
+    use_gpu = job.cluster.use_gpu == "true" or (
+        job.cluster.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    trainer = TorchTrainer(
+        _ray_worker,
+        train_loop_config={"job": config_to_dict(job), "run_dir": str(run_dir.resolve())},
+        scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": job.cluster.cpus_per_worker}),
+        run_config=RunConfig(name="ray", storage_path=str(run_dir.resolve()),
+                             failure_config=FailureConfig(max_failures=job.cluster.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return _read_results(run_dir)
+
+
+def _read_results(run_dir: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((run_dir / RESULTS_FILE).read_text())
+
+
+def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
+    """Point the job at a verified graph directory, preparing the synthetic default if none is given."""
+    if job.graph:
+        verify_graph_dir(job.graph)
+        return job
+    from distgnn.config import PrepareConfig
+    from distgnn.prepare import prepare
+
+    s = job.synthetic
+    folder = Path(job.run.output_dir) / (f"synthetic-u{s.num_users}-i{s.num_items}-m{s.mean_interactions:g}"
+                                         f"-f{s.num_factors}-s{s.seed}")
+    if not (folder / "meta.json").exists():
+        log.info("no --graph given: preparing the built-in synthetic dataset in %s", folder)
+        prepare(PrepareConfig(output=str(folder), synthetic=s, split="random"))
+    return replace_nested(job, graph=str(folder))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser(TrainJobConfig, prog="python -m distgnn.train",
+                         description="Train a GNN recommender with Ray Train workers (PyTorch DDP) on "
+                                     "neighbor-sampled mini-batches. With no arguments: the built-in "
+                                     "synthetic dataset, LightGCN, 2 workers.")
+    parser.add_argument("--single-process", action="store_true",
+                        help="run the training loop in this process, without Ray (debugging)")
+    args = parser.parse_args(argv)
+    single = args.__dict__.pop("single_process")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        job = resolve_graph(config_from_args(TrainJobConfig, args))
+        run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
+        log.info("run directory: %s", run_dir)
+        t0 = time.perf_counter()
+        results = train_loop(job, run_dir) if single else launch(job, run_dir)
+        wall_s = time.perf_counter() - t0
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    history = read_history(run_dir)
+    plot = plot_curves(run_dir, history, job.eval.metric)
+    ks = [f"{m}@{k}" for k in job.eval.ks for m in ("recall", "ndcg")]
+    print(f"\nTest metrics (best epoch {results['best_epoch']}, {results['epochs_run']} epochs, "
+          f"{wall_s:.0f} s wall):")
+    print(results_table({job.model.name: results["test"], "popularity": results["popularity_test"]}, ks))
+    print(f"\nrun directory: {run_dir}  (curves: {plot.name if plot else '-'}, metrics.jsonl, results.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
