@@ -18,6 +18,7 @@ markdown table and the peak RSS.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
@@ -139,7 +140,8 @@ def bench_graph(name: str, indptr: torch.Tensor, indices: torch.Tensor, num_user
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer batches and repeats")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
@@ -162,7 +164,8 @@ def main() -> None:
 
     print(f"\nfanouts {FANOUTS}, {BATCH_SIZE} seed nodes per batch, median of {repeats} repeats x "
           f"{num_batches} batches; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}\n")
+          f"{os.cpu_count()} CPUs ({platform.machine()}), load average at the end "
+          f"{os.getloadavg()[0]:.1f}\n")
     print("| graph | sampler | ms/batch | batches/s | sampled nodes/batch | sampled nodes/s |")
     print("|---|---|---:|---:|---:|---:|")
     for name, sampler, seconds, nodes in rows:

@@ -74,10 +74,9 @@ def topk_items(
     num_items = item_emb.shape[0]
     scores = user_emb @ item_emb.T
     for indptr, indices in exclude:
-        indptr = indptr.to(scores.device)
-        indices = indices.to(scores.device)
-        segment, position = csr_row_positions(indptr, users.to(scores.device))
-        scores[segment, indices[position]] = float("-inf")
+        # gather where the CSR lives and move only the selected entries, not the whole CSR
+        segment, position = csr_row_positions(indptr, users.to(indptr.device))
+        scores[segment.to(scores.device), indices[position].to(scores.device)] = float("-inf")
     values, items = torch.topk(scores, min(k, num_items), dim=1)
     # -inf means excluded: report "no item" rather than an arbitrary excluded one
     items = items.masked_fill(values == float("-inf"), -1)

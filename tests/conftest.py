@@ -13,12 +13,13 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-TINY_SYNTHETIC = SyntheticConfig(num_users=400, num_items=200, mean_interactions=20, num_factors=8, seed=3)
+TINY_SYNTHETIC = SyntheticConfig(num_users=800, num_items=600, mean_interactions=25, num_factors=8,
+                                 taste_strength=4.0, seed=3)
 
 
 @pytest.fixture(scope="session")
 def tiny_graph(tmp_path_factory) -> Path:
-    """400 users x 200 items of planted-taste synthetic data, random 80/10/10 split."""
+    """800 users x 600 items of planted-taste synthetic data, random 80/10/10 split."""
     out = tmp_path_factory.mktemp("graphs") / "tiny"
     return prepare(PrepareConfig(output=str(out), synthetic=TINY_SYNTHETIC))
 

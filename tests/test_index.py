@@ -110,11 +110,11 @@ def test_hnsw_recall(data, built):
 def test_ivfpq_recall(data, built):
     xb, xq, _, I_exact = data
     D, I = search(built["ivfpq"], xq, K, metric="ip")
-    # PQ8x8 keeps 8 bytes of a 128-byte vector: measured recall@10 0.33-0.35 over seeds 0-2, and the
-    # true best item inside the top 10 for most queries. The bounds catch a broken index (random
-    # ids would score ~0.0005), not a small quality change.
+    # PQ8x8 keeps 8 bytes of a 128-byte vector. Measured over build seeds 0-4: recall@10 0.32-0.37,
+    # true best item in the top 10 for 51-59% of queries. The bounds catch a broken index (random ids
+    # would score ~0.0005), not a small quality change.
     assert recall_at_k(I, I_exact) >= 0.25
-    assert np.mean([first in row for first, row in zip(I_exact[:, 0], I)]) >= 0.6
+    assert np.mean([best in row for best, row in zip(I_exact[:, 0], I)]) >= 0.4
 
 
 def test_cosine_normalises(data):

@@ -1,0 +1,69 @@
+import torch
+
+from distgnn.graph import load_graph
+from distgnn.losses import bpr_loss, sampled_softmax_loss
+from distgnn.models import (LightGCN, build_model, full_adjacency, full_graph_embeddings, lightgcn_edge_weight,
+                            sampled_adjacency)
+from distgnn.sampler import sample_subgraph
+
+
+def test_edge_weight_is_symmetric_normalisation_when_nothing_is_dropped():
+    degree = torch.tensor([4, 1, 9])
+    w = lightgcn_edge_weight(degree, torch.tensor([0, 2]), torch.tensor([2, 1]), num_sampled=torch.tensor([9, 1]))
+    assert torch.allclose(w, torch.tensor([1 / (2 * 3), 1 / 3]))
+
+
+def test_sampled_weights_are_unbiased():
+    # a node of degree 4 sampled 2 at a time: the mean sampled propagation equals the exact one
+    degree = torch.tensor([4, 1, 1, 1, 1])
+    x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    exact = sum(x[u] / (degree[u] * degree[0]).sqrt() for u in range(1, 5))
+    estimates = []
+    for a in range(1, 5):
+        for b in range(a + 1, 5):
+            src = torch.tensor([a, b])
+            w = lightgcn_edge_weight(degree, src, torch.tensor([0, 0]), torch.tensor([2, 2]))
+            estimates.append((w[:, None] * x[src]).sum(0))
+    assert torch.allclose(torch.stack(estimates).mean(0), exact)
+
+
+def test_sampled_forward_with_all_neighbors_equals_full_graph(tiny_graph):
+    """The mini-batch LightGCN over an unsampled (fanout -1) subgraph is the exact full-graph model."""
+    g = load_graph(tiny_graph)
+    torch.manual_seed(0)
+    model = LightGCN(g.num_nodes, 8, num_layers=2)
+    seeds = torch.tensor([0, 5, g.num_users + 3, g.num_users + 50])
+    out = sample_subgraph(g.indptr, g.indices, seeds, [-1, -1])
+    adj_t = sampled_adjacency(out.node, out.row, out.col, g.degree)
+    with torch.no_grad():
+        sampled = model(out.node, adj_t)[: seeds.numel()]
+    exact = full_graph_embeddings(model, g.indptr, g.indices, chunk_size=97)[seeds]
+    assert torch.allclose(sampled, exact, atol=1e-6)
+
+
+def test_layerwise_chunks_equal_one_shot_for_every_model(tiny_graph):
+    g = load_graph(tiny_graph)
+    features = torch.randn(g.num_nodes, 5)
+    for name in ("lightgcn", "sage", "mf"):
+        torch.manual_seed(0)
+        model = build_model(name, num_nodes=g.num_nodes, dim=8, num_layers=2, features=features).eval()
+        with torch.no_grad():
+            one_shot = model(torch.arange(g.num_nodes), full_adjacency(g.indptr, g.indices))
+        chunked = full_graph_embeddings(model, g.indptr, g.indices, chunk_size=61)
+        assert torch.allclose(one_shot, chunked, atol=1e-5), name
+
+
+def test_bpr_by_hand():
+    u, p, n = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert torch.isclose(bpr_loss(u, p, n), torch.nn.functional.softplus(torch.tensor(-2.0)))
+
+
+def test_sampled_softmax_by_hand_and_masking():
+    user = torch.tensor([[1.0, 0.0]])
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    loss = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0)
+    e = torch.exp(torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.isclose(loss, -torch.log(e[0] / e.sum()))
+    masked = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0,
+                                  mask=torch.tensor([[True, False, True]]))
+    assert torch.isclose(masked, -torch.log(e[0] / (e[0] + e[1])))
