@@ -95,7 +95,8 @@ class SamplerConfig:
 class OptimConfig:
     loss: str = opt("softmax", "bpr, or sampled softmax over in-batch + uniform negatives",
                     choices=("bpr", "softmax"))
-    num_negatives: int = opt(64, "uniform negative items per positive (bpr uses the first)")
+    num_negatives: int = opt(1, "uniform negative items per positive, on top of the in-batch ones "
+                                "(bpr uses the first); each adds a batch's worth of softmax columns")
     temperature: float = opt(0.1, "softmax temperature on cosine scores")
     batch_size: int = opt(2048, "training edges per step per worker")
     epochs: int = opt(20, "maximum epochs")

@@ -35,6 +35,13 @@ def all_reduce_min(value: int) -> int:
     return int(t.item())
 
 
+def all_reduce_max(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

@@ -22,7 +22,7 @@ def l2_penalty(*ego: Tensor) -> Tensor:
 
 
 def sampled_softmax_loss(user: Tensor, items: Tensor, target: Tensor, *, temperature: float,
-                         mask: Tensor | None = None, log_q: Tensor | None = None) -> Tensor:
+                         masked: tuple[Tensor, Tensor] | None = None, log_q: Tensor | None = None) -> Tensor:
     """Softmax cross-entropy of each user's positive against the other items of the batch.
 
     Scores are cosine similarities divided by ``temperature``. The candidate items are all items
@@ -32,16 +32,20 @@ def sampled_softmax_loss(user: Tensor, items: Tensor, target: Tensor, *, tempera
         user: ``[B, d]`` user embeddings.
         items: ``[C, d]`` embeddings of the batch's candidate items.
         target: ``[B]`` column of each user's positive item in ``items``.
-        mask: optional ``[B, C]`` bool, True where a candidate must not count as a negative (another
-            training positive of that user); the target column is never masked.
+        masked: optional ``(rows [m], cols [m])`` logits that must not count as negatives (other
+            training positives of that user); a target cell listed there is kept.
         log_q: optional ``[C]`` log of each candidate's sampling probability, subtracted from the
             logits to correct the popularity bias of in-batch negatives (Yi et al., RecSys 2019).
     """
-    logits = F.normalize(user, dim=-1) @ F.normalize(items, dim=-1).T / temperature
+    u = F.normalize(user, dim=-1) / temperature
+    v = F.normalize(items, dim=-1)
     if log_q is not None:
-        logits = logits - log_q
-    if mask is not None:
-        mask = mask.clone()
-        mask[torch.arange(target.numel()), target] = False
-        logits = logits.masked_fill(mask, float("-inf"))
+        # one extra column folds the [B, C] subtraction into the matmul: <[u, -1], [v, log_q]>
+        u = torch.cat([u, u.new_full((u.shape[0], 1), -1.0)], dim=1)
+        v = torch.cat([v, log_q[:, None].to(v.dtype)], dim=1)
+    logits = u @ v.T
+    if masked is not None:
+        rows, cols = masked
+        keep = cols != target[rows]
+        logits = logits.index_put((rows[keep], cols[keep]), logits.new_tensor(float("-inf")))
     return F.cross_entropy(logits, target)

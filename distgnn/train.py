@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -106,17 +107,16 @@ def make_train_loader(graph: Graph, job: TrainJobConfig, edge_label_index: Tenso
                       batch_size=job.optim.batch_size, shuffle=True, drop_last=True)
 
 
-def positives_mask(graph: Graph, users: Tensor, candidates: Tensor) -> Tensor:
-    """``[B, C]`` True where candidate item node ``candidates[c]`` is a training positive of
-    user ``users[b]`` (global ids). Vectorised over the batch's CSR rows."""
+def positive_cells(graph: Graph, users: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, cols)`` of the ``[B, C]`` cells where candidate item node ``candidates[c]`` is a
+    training positive of user ``users[b]`` (global ids). Vectorised over the batch's CSR rows; only
+    these few cells are touched, never a dense ``[B, C]`` mask."""
     segment, position = csr_row_positions(graph.indptr, users)
     item_nodes = graph.indices[position]
     sorted_cand, order = torch.sort(candidates)
     loc = torch.searchsorted(sorted_cand, item_nodes).clamp(max=candidates.numel() - 1)
     hit = sorted_cand[loc] == item_nodes
-    mask = torch.zeros(users.numel(), candidates.numel(), dtype=torch.bool)
-    mask[segment[hit], order[loc[hit]]] = True
-    return mask
+    return segment[hit], order[loc[hit]]
 
 
 def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph, job: TrainJobConfig,
@@ -136,10 +136,10 @@ def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph
     cand_local, inverse = torch.unique(torch.cat([pos_local, neg_index.flatten()]), return_inverse=True)
     target = inverse[: pos_local.numel()]
     cand_nodes = batch.n_id[cand_local]
-    mask = positives_mask(graph, batch.n_id[user_local], cand_nodes)
+    masked = positive_cells(graph, batch.n_id[user_local], cand_nodes)
     log_q = item_log_q[cand_nodes - graph.num_users] if item_log_q is not None else None
     loss = sampled_softmax_loss(out[user_local], out[cand_local], target,
-                                temperature=job.optim.temperature, mask=mask, log_q=log_q)
+                                temperature=job.optim.temperature, masked=masked, log_q=log_q)
     ego = raw_model.ego(batch.n_id[torch.cat([user_local, pos_local])])
     return loss + job.optim.l2 * l2_penalty(*ego.chunk(2))
 
@@ -304,12 +304,18 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
     popularity = evaluate_popularity_baseline(graph, "test", job.eval.ks, batch_size=job.eval.batch_size)
     results = {"model": job.model.name, "best_epoch": best_state["info"]["epoch"], "test": test,
                "popularity_test": popularity, "epochs_run": len(history),
-               "train_s": sum(h["train_s"] for h in history)}
+               "train_s": sum(h["train_s"] for h in history), "num_workers": world_size,
+               "peak_rss_mb_per_worker": dist.all_reduce_max(peak_rss_mb())}
     if rank == 0:
         write_json_atomic(results, run_dir / RESULTS_FILE)
     if report is not None:
         report({"final": True, **{f"test/{k}": v for k, v in test.items()}}, None)
     return results
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _flat(record: dict) -> dict:
@@ -451,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nTest metrics (best epoch {results['best_epoch']}, {results['epochs_run']} epochs, "
           f"{wall_s:.0f} s wall):")
     print(results_table({job.model.name: results["test"], "popularity": results["popularity_test"]}, ks))
+    print(f"peak RSS per worker {results['peak_rss_mb_per_worker']:.0f} MiB, driver {peak_rss_mb():.0f} MiB")
     print(f"\nrun directory: {run_dir}  (curves: {plot.name if plot else '-'}, metrics.jsonl, results.json)")
     return 0
 

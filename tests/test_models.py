@@ -64,6 +64,12 @@ def test_sampled_softmax_by_hand_and_masking():
     loss = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0)
     e = torch.exp(torch.tensor([1.0, 0.0, 1.0]))
     assert torch.isclose(loss, -torch.log(e[0] / e.sum()))
+    # cell (0, 2) masked; (0, 0) is the target and stays even when listed
     masked = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0,
-                                  mask=torch.tensor([[True, False, True]]))
+                                  masked=(torch.tensor([0, 0]), torch.tensor([0, 2])))
     assert torch.isclose(masked, -torch.log(e[0] / (e[0] + e[1])))
+    # log-q correction: subtracting log q from each logit, by hand
+    log_q = torch.tensor([0.5, -1.0, 2.0])
+    corrected = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0, log_q=log_q)
+    z = torch.exp(torch.tensor([1.0, 0.0, 1.0]) - log_q)
+    assert torch.isclose(corrected, -torch.log(z[0] / z.sum()))

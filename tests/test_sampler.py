@@ -190,6 +190,20 @@ def test_memory_mapped_csr_gives_the_same_sample(tmp_path):
     assert torch.equal(a.node, b.node) and torch.equal(a.edge, b.edge) and torch.equal(a.row, b.row)
 
 
+def test_thread_count_restored():
+    indptr, indices, _, _, _ = random_graph()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sample_subgraph(indptr, indices, torch.tensor([1, 2]), [3, 3])
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            sample_subgraph(indptr, indices, torch.tensor([1, 1]), [3, 3])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def chi_square(counts: torch.Tensor) -> float:
     expected = counts.sum() / counts.numel()
     return float(((counts - expected) ** 2 / expected).sum())

@@ -6,7 +6,7 @@ import torch
 from distgnn.config import TrainJobConfig, load_config, replace_nested
 from distgnn.graph import load_graph
 from distgnn.rundir import create_run_dir, read_history
-from distgnn.train import launch, positives_mask, shard_edges, train_loop
+from distgnn.train import launch, positive_cells, shard_edges, train_loop
 
 
 def tiny_job(graph, **overrides) -> TrainJobConfig:
@@ -25,13 +25,15 @@ def test_shards_partition_the_training_edges(tiny_graph):
     assert sorted(pairs) == sorted(zip(user.tolist(), (item + g.num_users).tolist()))
 
 
-def test_positives_mask_by_hand(tiny_graph):
+def test_positive_cells_by_hand(tiny_graph):
     g = load_graph(tiny_graph)
     user = torch.tensor([0, 1])
     own = g.indices[g.indptr[0]:g.indptr[1]]
     other = torch.tensor([n for n in range(g.num_users, g.num_nodes) if n not in set(own.tolist())][:3])
     candidates = torch.cat([other, own[:2]])
-    mask = positives_mask(g, user, candidates)
+    rows, cols = positive_cells(g, user, candidates)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[rows, cols] = True
     assert mask[0].tolist() == [False, False, False, True, True]
     user1 = set(g.indices[g.indptr[1]:g.indptr[2]].tolist())
     assert mask[1].tolist() == [c in user1 for c in candidates.tolist()]
