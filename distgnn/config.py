@@ -103,6 +103,8 @@ class OptimConfig:
     lr: float = opt(0.01, "learning rate (Adam; SparseAdam for embedding tables)")
     l2: float = opt(1e-4, "L2 penalty on the embeddings of the batch (LightGCN's regulariser)")
     max_steps_per_epoch: int = opt(0, "cap on steps per epoch, 0 = a full pass over the worker's edges")
+    time_budget_min: float = opt(0.0, "stop before an epoch that would end past this many minutes of "
+                                      "training and evaluation, 0 = no budget")
 
 
 @dataclass(frozen=True)

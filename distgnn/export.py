@@ -80,7 +80,7 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
     """Compute, check and write an export; returns its folder."""
     t0 = time.perf_counter()
     job, model, graph, info = load_run(run_dir)
-    emb = final_embeddings(model, graph, job.optim.loss, chunk_size=chunk_size)
+    emb = final_embeddings(model, graph, job.optim.loss, chunk_size=chunk_size, progress=True)
     user_emb, item_emb = emb[: graph.num_users], emb[graph.num_users:]
     log.info("computed exact embeddings of %s nodes in %.1f s", f"{graph.num_nodes:,}", time.perf_counter() - t0)
 

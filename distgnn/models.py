@@ -173,30 +173,35 @@ def build_model(name: str, *, num_nodes: int, dim: int, num_layers: int,
 
 @torch.no_grad()
 def full_graph_embeddings(model: nn.Module, indptr: Tensor, indices: Tensor, *,
-                          chunk_size: int = 65536) -> Tensor:
+                          chunk_size: int = 65536, progress: bool = False) -> Tensor:
     """Exact embeddings of every node, layer by layer over the whole graph (no sampling).
 
     Each layer is materialised for all nodes before the next, in chunks of destination rows, so
     the cost is ``O(E * L * dim)`` and peak memory is a few ``[N, dim]`` tables.
 
-    Returns ``[N, dim]`` float32.
+    Runs on the device of the model's weights (the graph stays on the CPU; each chunk's adjacency
+    is moved over). Returns ``[N, dim]`` float32 on the CPU.
     """
+    from tqdm import tqdm
+
     num_nodes = indptr.numel() - 1
-    n_id = torch.arange(num_nodes)
+    device = model.embedding.weight.device
     if isinstance(model, MF) or model.num_layers == 0:
-        return model.embedding.weight.detach().clone()
-    x = model.inputs(n_id) if isinstance(model, BipartiteSAGE) else model.embedding.weight.detach()
+        return model.embedding.weight.detach().cpu().clone()
+    n_id = torch.arange(num_nodes)
+    x = model.inputs(n_id.to(device)) if isinstance(model, BipartiteSAGE) else model.embedding.weight.detach()
     out = x / (model.num_layers + 1) if isinstance(model, LightGCN) else None
-    for layer in range(model.num_layers):
-        nxt = torch.empty_like(x)
-        for start in range(0, num_nodes, chunk_size):
-            rows = n_id[start:start + chunk_size]
-            adj_t = full_adjacency(indptr, indices, rows=rows)
-            nxt[start:start + rows.numel()] = _layer_rows(model, layer, x, adj_t, rows)
-        x = nxt
-        if out is not None:
-            out = out + x / (model.num_layers + 1)
-    return out if out is not None else x
+    chunks = [(layer, start) for layer in range(model.num_layers) for start in range(0, num_nodes, chunk_size)]
+    nxt = torch.empty_like(x)
+    for layer, start in tqdm(chunks, desc="layer-wise inference", unit="chunk", disable=not progress):
+        rows = n_id[start:start + chunk_size]
+        adj_t = full_adjacency(indptr, indices, rows=rows).to(device)
+        nxt[start:start + rows.numel()] = _layer_rows(model, layer, x, adj_t, rows.to(device))
+        if start + chunk_size >= num_nodes:  # layer complete: it becomes the next layer's input
+            x, nxt = nxt, torch.empty_like(nxt)
+            if out is not None:
+                out = out + x / (model.num_layers + 1)
+    return (out if out is not None else x).cpu()
 
 
 def _layer_rows(model: nn.Module, layer: int, x: Tensor, adj_t: Tensor, rows: Tensor) -> Tensor:

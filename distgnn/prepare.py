@@ -237,9 +237,13 @@ def _read_adjacency_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """LightGCN's 'user item item ...' lines. A loop over lines (one per user) is fine: the parsing
     itself is numpy's, and a user line is thousands of times bigger than the loop overhead."""
     _require_file(path, "LightGCN adjacency lines 'user item item ...'")
+    from tqdm import tqdm
+
     users, items = [], []
-    with open(path) as fh:
+    with open(path) as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
+                                disable=path.stat().st_size < 50_000_000) as bar:
         for lineno, line in enumerate(fh, 1):
+            bar.update(len(line))
             if not line.strip():
                 continue
             try:

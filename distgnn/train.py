@@ -120,27 +120,30 @@ def positive_cells(graph: Graph, users: Tensor, candidates: Tensor) -> tuple[Ten
 
 
 def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph, job: TrainJobConfig,
-               item_log_q: Tensor | None) -> Tensor:
-    """Loss of one sampled batch: forward over the subgraph, then BPR or sampled softmax."""
+               item_log_q: Tensor | None, device: torch.device = torch.device("cpu")) -> Tensor:
+    """Loss of one sampled batch: forward over the subgraph, then BPR or sampled softmax.
+    Sampling and index bookkeeping stay on the CPU; the model's arithmetic runs on ``device``."""
+    n_id = batch.n_id
     adj_t = None
     if job.model.name != "mf":
-        adj_t = sampled_adjacency(batch.n_id, batch.edge_index[0], batch.edge_index[1], graph.degree)
-    out = model(batch.n_id, adj_t)
-    neg_index = batch.dst_neg_index.view(batch.src_index.numel(), -1)
+        adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], graph.degree).to(device)
+    out = model(n_id.to(device), adj_t)
     user_local, pos_local = batch.src_index, batch.dst_pos_index
+    neg_index = batch.dst_neg_index.view(user_local.numel(), -1)
     if job.optim.loss == "bpr":
         neg_local = neg_index[:, 0]
-        loss = bpr_loss(out[user_local], out[pos_local], out[neg_local])
-        ego = raw_model.ego(batch.n_id[torch.cat([user_local, pos_local, neg_local])])
+        loss = bpr_loss(*(out[i.to(device)] for i in (user_local, pos_local, neg_local)))
+        ego = raw_model.ego(n_id[torch.cat([user_local, pos_local, neg_local])].to(device))
         return loss + job.optim.l2 * l2_penalty(*ego.chunk(3))
     cand_local, inverse = torch.unique(torch.cat([pos_local, neg_index.flatten()]), return_inverse=True)
     target = inverse[: pos_local.numel()]
-    cand_nodes = batch.n_id[cand_local]
-    masked = positive_cells(graph, batch.n_id[user_local], cand_nodes)
-    log_q = item_log_q[cand_nodes - graph.num_users] if item_log_q is not None else None
-    loss = sampled_softmax_loss(out[user_local], out[cand_local], target,
-                                temperature=job.optim.temperature, masked=masked, log_q=log_q)
-    ego = raw_model.ego(batch.n_id[torch.cat([user_local, pos_local])])
+    cand_nodes = n_id[cand_local]
+    rows, cols = positive_cells(graph, n_id[user_local], cand_nodes)
+    log_q = item_log_q[cand_nodes - graph.num_users].to(device) if item_log_q is not None else None
+    loss = sampled_softmax_loss(out[user_local.to(device)], out[cand_local.to(device)], target.to(device),
+                                temperature=job.optim.temperature, masked=(rows.to(device), cols.to(device)),
+                                log_q=log_q)
+    ego = raw_model.ego(n_id[torch.cat([user_local, pos_local])].to(device))
     return loss + job.optim.l2 * l2_penalty(*ego.chunk(2))
 
 
@@ -159,10 +162,11 @@ def scoring_metric(loss: str) -> str:
 
 
 @torch.no_grad()
-def final_embeddings(model: nn.Module, graph: Graph, loss: str, *, chunk_size: int = 65536) -> Tensor:
+def final_embeddings(model: nn.Module, graph: Graph, loss: str, *, chunk_size: int = 65536,
+                     progress: bool = False) -> Tensor:
     """``[N, d]`` exact embeddings, normalised when the model scores by cosine, so that a plain
     inner product ranks as the model does (in evaluation, export and FAISS alike)."""
-    emb = full_graph_embeddings(model, graph.indptr, graph.indices, chunk_size=chunk_size)
+    emb = full_graph_embeddings(model, graph.indptr, graph.indices, chunk_size=chunk_size, progress=progress)
     return torch.nn.functional.normalize(emb, dim=-1) if scoring_metric(loss) == "cosine" else emb
 
 
@@ -220,7 +224,7 @@ class Restored:
 
 def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = None,
                restore: Restored | None = None, wrap_model: Callable[[nn.Module], nn.Module] = lambda m: m,
-               ) -> dict[str, Any]:
+               device: torch.device = torch.device("cpu")) -> dict[str, Any]:
     """Train, validate every ``eval.every`` epochs, checkpoint, stop early; then test the best model.
 
     Returns the final results (test metrics of the model and of the popularity baseline).
@@ -253,13 +257,17 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
     log.info("%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s", world_size,
              f"{edges.shape[1]:,}", steps, job.optim.batch_size, split)
 
+    spent_s = sum(h["train_s"] + h.get("eval_s", 0.0) for h in history)
     for epoch in range(start_epoch, job.optim.epochs):
+        if job.optim.time_budget_min and history and over_budget(history, spent_s, job.optim.time_budget_min):
+            log.info("time budget of %g min reached after %d epochs: stopping", job.optim.time_budget_min, epoch)
+            break
         _maybe_crash(job, run_dir, epoch)
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
         for _, batch in zip(range(steps), loader):
-            loss = batch_loss(model, raw_model, batch, graph, job, item_log_q)
+            loss = batch_loss(model, raw_model, batch, graph, job, item_log_q, device)
             for opt in optimizers:
                 opt.zero_grad()
             loss.backward()
@@ -268,13 +276,15 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
             loss_sum += loss.detach()
         totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps})
         record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"],
-                                  "train_s": round(time.perf_counter() - t0, 3)}
+                                  # the slowest rank's time, so every rank keeps the same history
+                                  "train_s": round(dist.all_reduce_max(time.perf_counter() - t0), 3)}
         if (epoch + 1) % job.eval.every == 0 or epoch == job.optim.epochs - 1:
             model.eval()
             t1 = time.perf_counter()
             emb = final_embeddings(raw_model, graph, job.optim.loss)
             record["eval"] = evaluate(emb, graph, split, job.eval.ks, batch_size=job.eval.batch_size)
-            record["eval_split"], record["eval_s"] = split, round(time.perf_counter() - t1, 3)
+            record["eval_split"] = split
+            record["eval_s"] = round(dist.all_reduce_max(time.perf_counter() - t1), 3)
             if metric not in record["eval"]:
                 raise ConfigError(f"config key 'eval.metric': {metric!r} is not among {sorted(record['eval'])}")
             # Without a validation split the last epoch is kept: choosing by test would be cheating.
@@ -284,6 +294,7 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
                     save_model(run_dir / BEST_MODEL, raw_model, {"epoch": epoch, metric: best["value"],
                                                                  "config": config_to_dict(job)})
         history.append(record)
+        spent_s += record["train_s"] + record.get("eval_s", 0.0)
         if rank == 0:
             write_history(run_dir, history)
             _log_epoch(record, metric)
@@ -311,6 +322,13 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
     if report is not None:
         report({"final": True, **{f"test/{k}": v for k, v in test.items()}}, None)
     return results
+
+
+def over_budget(history: list[dict], spent_s: float, budget_min: float) -> bool:
+    """True when one more epoch, as long as the slowest so far, would end past the budget. Every
+    rank decides from the same reduced history, so all stop together."""
+    longest_s = max(h["train_s"] + h.get("eval_s", 0.0) for h in history)
+    return spent_s + longest_s > 60 * budget_min
 
 
 def peak_rss_mb() -> float:
@@ -348,8 +366,8 @@ def _maybe_crash(job: TrainJobConfig, run_dir: Path, epoch: int) -> None:
 def _log_epoch(record: dict, metric: str) -> None:
     text = f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  train {record['train_s']:.1f}s"
     if "eval" in record:
-        text += f"  {record['eval_split']} {metric} {record['eval'][metric]:.4f}  " \
-                f"recall@20 {record['eval'].get('recall@20', float('nan')):.4f}"
+        shown = dict.fromkeys([metric, "recall@20", "ndcg@20"])
+        text += "".join(f"  {record['eval_split']} {m} {record['eval'][m]:.4f}" for m in shown if m in record["eval"])
     log.info(text)
 
 
@@ -372,7 +390,7 @@ def _ray_worker(loop_config: dict) -> None:
 
     def run(restore: Restored | None) -> None:
         train_loop(job, Path(loop_config["run_dir"]), report=report, restore=restore,
-                   wrap_model=ray.train.torch.prepare_model)
+                   wrap_model=ray.train.torch.prepare_model, device=ray.train.torch.get_device())
 
     if checkpoint is None:
         run(None)
@@ -415,10 +433,11 @@ def _read_results(run_dir: Path) -> dict[str, Any]:
 
 
 def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
-    """Point the job at a verified graph directory, preparing the synthetic default if none is given."""
+    """Point the job at a verified graph directory (an absolute path: Ray workers run in other
+    folders), preparing the synthetic default if none is given."""
     if job.graph:
         verify_graph_dir(job.graph)
-        return job
+        return replace_nested(job, graph=str(Path(job.graph).resolve()))
     from distgnn.config import PrepareConfig
     from distgnn.prepare import prepare
 
@@ -428,7 +447,7 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
     if not (folder / "meta.json").exists():
         log.info("no --graph given: preparing the built-in synthetic dataset in %s", folder)
         prepare(PrepareConfig(output=str(folder), synthetic=s, split="random"))
-    return replace_nested(job, graph=str(folder))
+    return replace_nested(job, graph=str(folder.resolve()))
 
 
 def main(argv: list[str] | None = None) -> int:

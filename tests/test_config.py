@@ -49,3 +49,13 @@ def test_help_lists_every_option(capsys):
     text = capsys.readouterr().out
     for flag in ("--optim.lr", "--sampler.num_neighbors", "--cluster.num_workers", "--synthetic.num_users"):
         assert flag in text
+
+
+def test_shipped_configs_load_and_default_matches_no_arguments():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(TrainJobConfig, path)
+    assert load_config(TrainJobConfig, Path(__file__).parents[1] / "configs" / "default.yaml") == TrainJobConfig()

@@ -91,3 +91,11 @@ def test_two_ray_workers_survive_a_crash_and_finish(tiny_graph, tmp_path, ray_se
     assert results["test"]["num_users"] == int((g.test.counts > 0).sum())
     assert results["test"]["recall@20"] > 1.4 * results["popularity_test"]["recall@20"]
     assert json.loads((run_dir / "results.json").read_text())["test"] == results["test"]
+
+
+def test_time_budget_stops_before_an_epoch_would_overrun():
+    from distgnn.train import over_budget
+
+    history = [{"train_s": 50.0, "eval_s": 10.0}, {"train_s": 40.0}]
+    assert not over_budget(history, spent_s=100.0, budget_min=3)  # 100 + 60 <= 180
+    assert over_budget(history, spent_s=130.0, budget_min=3)  # 130 + 60 > 180
