@@ -32,6 +32,7 @@ import torch_geometric.typing
 from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
+from distgnn.prepare import build_csr
 from distgnn.sampler import NeighborSampler, sample_subgraph
 
 GOWALLA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gowalla" / "train.txt"
@@ -42,13 +43,8 @@ BATCH_SIZE = 1024
 def csr_from_pairs(user: np.ndarray, item: np.ndarray, num_users: int,
                    num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Both-direction CSR ``(indptr [N+1], indices [2E])`` of distinct (user, item) pairs, rows sorted."""
-    num_nodes = num_users + num_items
-    row = np.concatenate([user, item + num_users])
-    col = np.concatenate([item + num_users, user])
-    order = np.lexsort((col, row))
-    indptr = np.zeros(num_nodes + 1, dtype=np.int64)
-    np.cumsum(np.bincount(row, minlength=num_nodes), out=indptr[1:])
-    return torch.from_numpy(indptr), torch.from_numpy(col[order].astype(np.int64))
+    indptr, indices = build_csr(num_users, num_items, user, item)
+    return torch.from_numpy(indptr), torch.from_numpy(indices)
 
 
 def random_bipartite(num_users: int, num_items: int, num_pairs: int, seed: int = 0):

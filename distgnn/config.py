@@ -69,7 +69,12 @@ class PrepareConfig:
     val_fraction: float = opt(0.1, "fraction of each user's interactions for validation (random/temporal;"
                                    " with 'given', carved at random from the given training part)")
     test_fraction: float = opt(0.1, "fraction of each user's interactions for test (random/temporal)")
-    seed: int = opt(0, "random seed of the split")
+    seed: int = opt(0, "random seed of the split (and of the partitioning)")
+    partitions: int = opt(0, "also split the graph into this many parts, one per worker, written to "
+                             "OUTPUT/parts/ (see python -m distgnn.partition); 0 or 1 = no parts")
+    partition_method: str = opt("metis", "how nodes are assigned to parts: metis (fewest edges between "
+                                         "parts, balanced by edges; needs pymetis), random, or hash of "
+                                         "the node id", choices=("metis", "random", "hash"))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -13,6 +13,7 @@ Layout of the graph directory (all written under a temporary name, renamed when 
                                    CSR of the training graph, both directions, homogeneous numbering
                                    (users 0..U-1, items U..U+I-1), rows sorted
     features/user.npy, features/item.npy   optional float32 node features
+    parts/                         optional, with --partitions P: one folder per part (distgnn.partition)
 """
 from __future__ import annotations
 
@@ -428,7 +429,10 @@ def write_meta(folder: Path, meta: dict) -> None:
     """meta.json with the sha256 of every other file in the folder."""
     meta = dict(meta)
     meta["checksums"] = checksums(folder, skip=("meta.json",))
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+    # write-then-rename: meta.json is also rewritten inside published folders (distgnn.partition)
+    tmp = folder / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(folder / "meta.json")
 
 
 def prepare(cfg: PrepareConfig) -> Path:
@@ -494,6 +498,10 @@ def prepare(cfg: PrepareConfig) -> Path:
     log.info("wrote %s: %s users, %s items, train/val/test %s/%s/%s interactions in %.1f s", out,
              f"{num_users:,}", f"{num_items:,}", *(f"{counts[s]:,}" for s in SPLIT_NAMES),
              time.perf_counter() - t0)
+    if cfg.partitions > 1:
+        from distgnn.partition import write_partitions  # a later stage; imported only when asked for
+
+        write_partitions(out, cfg.partitions, method=cfg.partition_method, seed=cfg.seed)
     return out
 
 

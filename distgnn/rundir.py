@@ -84,8 +84,11 @@ def plot_curves(run_dir: Path, history: list[dict], metric: str) -> Path | None:
         ax_metric.plot([h["epoch"] for h in evals], [h["eval"][metric] for h in evals], marker="o", color="C1")
         split = evals[0].get("eval_split", "val")
         ax_metric.set(xlabel="epoch", ylabel=metric, title=f"{split} {metric}")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     path = Path(run_dir) / PLOT_FILE
     fig.savefig(path, dpi=110)
