@@ -38,7 +38,7 @@ class SyntheticConfig:
     mean_interactions: float = opt(30.0, "mean interactions per user (log-normal spread, at least 5)")
     num_factors: int = opt(16, "dimension of the planted taste vectors")
     popularity_exponent: float = opt(0.8, "Zipf exponent of item popularity")
-    taste_strength: float = opt(2.5, "weight of planted taste against popularity when users choose")
+    taste_strength: float = opt(4.0, "weight of planted taste against popularity when users choose")
     seed: int = opt(0, "random seed of the generator")
 
 

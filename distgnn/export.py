@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 import distgnn
+from distgnn.cli import configure_logging, run_command
 from distgnn.checkpoint import BEST_MODEL, load_model_state
 from distgnn.config import ConfigError, TrainJobConfig, build_config
 from distgnn.errors import DataError
@@ -150,15 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
                         help="build FAISS indexes on a GPU: auto = when faiss sees one (default: auto)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        use_gpu = {"auto": "auto", "true": True, "false": False}[args.use_gpu]
-        export(args.run, args.output, indexes=tuple(i for i in args.indexes.split(",") if i),
-               dtype=args.dtype, chunk_size=args.chunk_size, use_gpu=use_gpu)
-    except (DataError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    configure_logging()
+    use_gpu = {"auto": "auto", "true": True, "false": False}[args.use_gpu]
+    return run_command(lambda: export(args.run, args.output, indexes=tuple(i for i in args.indexes.split(",") if i),
+                                      dtype=args.dtype, chunk_size=args.chunk_size, use_gpu=use_gpu) and 0)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from distgnn.cli import configure_logging, run_command
 from distgnn.config import PrepareConfig, config_from_args, config_to_dict, make_parser
 from distgnn.errors import ConfigError, DataError
 from distgnn.files import atomic_folder, checksums
@@ -510,13 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                          description="Turn interaction logs into a graph directory for distgnn.train. "
                                      "With no --input, writes the built-in synthetic dataset.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        prepare(config_from_args(PrepareConfig, args))
-    except (DataError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    configure_logging()
+    return run_command(lambda: prepare(config_from_args(PrepareConfig, args)) and 0)
 
 
 if __name__ == "__main__":

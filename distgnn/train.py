@@ -11,6 +11,8 @@ edges; gradients of the embedding tables are sparse, so DDP exchanges only the r
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import resource
@@ -28,6 +30,7 @@ from torch_geometric.loader import LinkLoader
 from torch_geometric.sampler import NegativeSampling
 
 from distgnn import dist
+from distgnn.cli import configure_logging, run_command
 from distgnn.checkpoint import (BEST_MODEL, load_training_state, save_model, save_training_state,
                                 write_json_atomic)
 from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_from_args, config_to_dict,
@@ -379,8 +382,9 @@ def _ray_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    logging.basicConfig(level=logging.INFO if ray.train.get_context().get_world_rank() == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", force=True)
+    configure_logging()
+    if ray.train.get_context().get_world_rank() != 0:  # one worker's log is enough
+        logging.getLogger().setLevel(logging.WARNING)
     job = build_config(TrainJobConfig, loop_config["job"])
     checkpoint = ray.train.get_checkpoint()
 
@@ -427,8 +431,6 @@ def launch(job: TrainJobConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _read_results(run_dir: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((run_dir / RESULTS_FILE).read_text())
 
 
@@ -442,8 +444,10 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
     from distgnn.prepare import prepare
 
     s = job.synthetic
-    folder = Path(job.run.output_dir) / (f"synthetic-u{s.num_users}-i{s.num_items}-m{s.mean_interactions:g}"
-                                         f"-f{s.num_factors}-s{s.seed}")
+    # the folder name carries a digest of every generator setting, so a changed setting never
+    # reuses a stale graph
+    digest = hashlib.sha1(json.dumps(config_to_dict(s), sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(job.run.output_dir) / f"synthetic-u{s.num_users}-i{s.num_items}-{digest}"
     if not (folder / "meta.json").exists():
         log.info("no --graph given: preparing the built-in synthetic dataset in %s", folder)
         prepare(PrepareConfig(output=str(folder), synthetic=s, split="random"))
@@ -459,17 +463,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the training loop in this process, without Ray (debugging)")
     args = parser.parse_args(argv)
     single = args.__dict__.pop("single_process")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        job = resolve_graph(config_from_args(TrainJobConfig, args))
-        run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
-        log.info("run directory: %s", run_dir)
-        t0 = time.perf_counter()
-        results = train_loop(job, run_dir) if single else launch(job, run_dir)
-        wall_s = time.perf_counter() - t0
-    except (DataError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    configure_logging()
+    return run_command(lambda: _train_command(args, single))
+
+
+def _train_command(args, single: bool) -> int:
+    job = resolve_graph(config_from_args(TrainJobConfig, args))
+    run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
+    log.info("run directory: %s", run_dir)
+    t0 = time.perf_counter()
+    results = train_loop(job, run_dir) if single else launch(job, run_dir)
+    wall_s = time.perf_counter() - t0
     history = read_history(run_dir)
     plot = plot_curves(run_dir, history, job.eval.metric)
     ks = [f"{m}@{k}" for k in job.eval.ks for m in ("recall", "ndcg")]

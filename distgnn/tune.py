@@ -44,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from distgnn.cli import configure_logging
 from distgnn.config import (ConfigError, TrainJobConfig, add_config_arguments, build_config, config_from_args,
                             config_to_dict, load_yaml, replace_nested)
 from distgnn.errors import DataError
@@ -276,7 +277,7 @@ class TrialRow:
     best: float | None
     best_epoch: int | None
     epochs: int
-    status: str  # finished (all epochs or early stopping), stopped (by ASHA), error
+    status: str  # finished (every epoch, or early stopping), stopped (by ASHA, before its last epoch), error
     run_dir: Path
 
 
@@ -315,18 +316,22 @@ def run_search(base: TrainJobConfig, space: list[Dimension], tune_dir: Path, *, 
     for result in grid:
         trial = Path(result.path).name
         rows.append(_trial_row(trial, trial_values(base, result.config), trials_dir / trial,
-                               base.eval.metric, error=result.error))
+                               base.eval.metric, max_epochs=max_epochs, error=result.error))
     return sorted(rows, key=lambda r: -math.inf if r.best is None else r.best, reverse=True)
 
 
-def _trial_row(trial: str, values: dict, run_dir: Path, metric: str, *, error: Exception | None) -> TrialRow:
+def _trial_row(trial: str, values: dict, run_dir: Path, metric: str, *, max_epochs: int,
+               error: Exception | None) -> TrialRow:
     history = read_history(run_dir)
     evals = [h for h in history if metric in h.get("eval", {})]
     best = max(evals, key=lambda h: h["eval"][metric]) if evals else None
     if error is not None:
         status = f"error: {type(error).__name__}"
     else:
-        status = "finished" if (run_dir / RESULTS_FILE).exists() else "stopped"
+        # results.json: train_loop returned (all epochs or early stopping). ASHA may also stop a
+        # trial at its last epoch, before its test evaluation: that trial was not cut short.
+        done = (run_dir / RESULTS_FILE).exists() or len(history) >= max_epochs
+        status = "finished" if done else "stopped"
     return TrialRow(trial=trial, values=values, best=best["eval"][metric] if best else None,
                     best_epoch=best["epoch"] if best else None, epochs=len(history), status=status,
                     run_dir=run_dir)
@@ -408,27 +413,28 @@ def make_tune_parser() -> argparse.ArgumentParser:
                     "written as a complete YAML config for python -m distgnn.train (the distributed "
                     "run).")
     group = parser.add_argument_group("search")
-    group.add_argument("--samples", type=int, default=8,
+    group.add_argument("--samples", type=int, metavar="N", default=8,
                        help="number of configurations drawn from the search space (trials) (default: 8)")
     group.add_argument("--search", metavar="YAML", default="configs/search/lightgcn.yaml",
                        help="search space: dotted config keys mapped to {choice: [...]}, "
                             "{uniform: [low, high]}, {loguniform: [low, high]} or {randint: [low, high)}; "
                             "searching model.num_layers alone derives sampler.num_neighbors from --config's "
                             "fanouts (first ones kept, last one repeated) (default: %(default)s)")
-    group.add_argument("--max-epochs", type=int, default=None,
+    group.add_argument("--max-epochs", type=int, metavar="E", default=None,
                        help="epochs of a trial that ASHA never stops (ASHA's max_t); default: "
                             "optim.epochs of the config. best.yaml keeps the config's optim.epochs")
-    group.add_argument("--grace-period", type=int, default=2,
-                       help="epochs every trial runs before ASHA may stop it (default: 2)")
-    group.add_argument("--output-dir", default="runs/tune",
+    group.add_argument("--grace-period", type=int, metavar="E", default=2,
+                       help="epochs every trial runs before ASHA may stop it; ASHA compares trials on "
+                            "val/<eval.metric> at 1, 4, 16, ... times this many epochs (default: 2)")
+    group.add_argument("--output-dir", metavar="DIR", default="runs/tune",
                        help="folder holding tuning folders (default: runs/tune)")
     group.add_argument("--name", default="",
                        help="tuning folder name under --output-dir (must not exist yet); "
                             "default: tune-<date>-<time>")
-    group.add_argument("--cpus-per-trial", type=float, default=1.0,
+    group.add_argument("--cpus-per-trial", type=float, metavar="CPUS", default=1.0,
                        help="CPUs Ray reserves per trial (trials run at once = cluster CPUs / this); a "
                             "trial uses max(1, int(this)) torch threads (default: 1)")
-    group.add_argument("--seed", type=int, default=0,
+    group.add_argument("--seed", type=int, metavar="SEED", default=0,
                        help="seed of the random search (which configurations are drawn); the trials' "
                             "own seed is run.seed (default: 0)")
     base = parser.add_argument_group("base config (what every trial starts from)")
@@ -442,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_tune_parser().parse_args(argv)
     tune_args = {k: args.__dict__.pop(k) for k in ("samples", "search", "max_epochs", "grace_period",
                                                    "output_dir", "name", "cpus_per_trial", "seed")}
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    configure_logging()
     try:
         base = config_from_args(TrainJobConfig, args)
         max_epochs = tune_args["max_epochs"] or base.optim.epochs

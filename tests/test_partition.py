@@ -16,6 +16,7 @@ from distgnn.config import PrepareConfig, SyntheticConfig
 from distgnn.errors import ConfigError, DataError
 from distgnn.graph import csr_row_positions, load_graph, verify_graph_dir
 from distgnn.partition import (
+    feature_rows,
     global_to_local,
     hash_partition,
     load_partition,
@@ -25,7 +26,6 @@ from distgnn.partition import (
     write_partitions,
 )
 from distgnn.prepare import build_csr, prepare
-from distgnn.train import node_features
 
 SMALL = SyntheticConfig(num_users=300, num_items=200, mean_interactions=12, num_factors=4, seed=5)
 
@@ -72,6 +72,16 @@ def test_stats_by_hand():
     assert s["num_halo_nodes"] == [2, 2]
     s = partition_stats(indptr, indices, np.array([0, 0, 0, 0, 0, 1]), 2, num_users=3)
     assert s["num_cut_edges"] == 2 and s["num_edges"] == [8, 2] and s["balance"] == pytest.approx(1.6)
+
+
+def test_feature_rows_block_layout():
+    # 2 users with 2 features, 3 items with 1 feature; rows of nodes 1 (user), 3 and 4 (items 1, 2)
+    user_features = np.array([[1, 2], [3, 4]], dtype=np.float32)
+    item_features = np.array([[5], [6], [7]], dtype=np.float32)
+    x = feature_rows(np.array([1, 3, 4]), 2, user_features, item_features)
+    assert x.tolist() == [[3, 4, 0], [0, 0, 6], [0, 0, 7]]
+    assert feature_rows(np.array([0, 2]), 2, None, item_features).tolist() == [[0], [5]]
+    assert feature_rows(np.array([0]), 2, None, None) is None
 
 
 @pytest.mark.parametrize("method", ["metis", "random", "hash"])
@@ -145,8 +155,10 @@ def test_written_parts_match_the_full_graph(graph_copy, method):
         assert (p.node_part[p.nodes] == p.part_id).all()
     assert [p.num_nodes for p in parts] == stats["num_nodes"]
 
-    # each part's rows are the full graph's rows of its nodes
-    x = node_features(graph)
+    # each part's rows are the full graph's rows of its nodes; features in distgnn.train.node_features'
+    # [N, Fu + Fi] block layout (built here by hand: importing train costs seconds)
+    assert graph.user_features is None and graph.item_features is not None
+    x = torch.cat([torch.zeros(graph.num_users, graph.item_features.shape[1]), graph.item_features])
     for p in parts:
         assert torch.equal(p.indptr[1:] - p.indptr[:-1], graph.degree[p.nodes])
         _, pos = csr_row_positions(graph.indptr, p.nodes)
