@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 

@@ -29,7 +29,7 @@ import torch
 import distgnn
 from distgnn.cli import configure_logging, run_command
 from distgnn.checkpoint import BEST_MODEL, load_model_state
-from distgnn.config import ConfigError, TrainJobConfig, build_config
+from distgnn.config import TrainJobConfig, build_config
 from distgnn.errors import DataError
 from distgnn.files import atomic_folder, checksums
 from distgnn.graph import Graph, load_graph

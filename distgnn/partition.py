@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distgnn.cli import configure_logging, run_command
 from distgnn.errors import ConfigError, DataError
 from distgnn.files import atomic_folder, sha256_file
 from distgnn.graph import csr_row_positions, load_graph, verify_graph_dir
@@ -384,13 +385,9 @@ def main(argv: list[str] | None = None) -> int:
                              "no global view needed (default: metis)")
     parser.add_argument("--seed", type=int, default=0, help="seed of METIS, the random draw or the hash (default: 0)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        write_partitions(args.graph, args.partitions, method=args.method, seed=args.seed)
-    except (DataError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    configure_logging()
+    return run_command(lambda: write_partitions(args.graph, args.partitions, method=args.method,
+                                                seed=args.seed) and 0)
 
 
 if __name__ == "__main__":

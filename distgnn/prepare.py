@@ -17,7 +17,6 @@ Layout of the graph directory (all written under a temporary name, renamed when 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys

@@ -35,7 +35,6 @@ from distgnn.checkpoint import (BEST_MODEL, load_training_state, save_model, sav
                                 write_json_atomic)
 from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_from_args, config_to_dict,
                             make_parser, replace_nested)
-from distgnn.errors import DataError
 from distgnn.graph import Graph, csr_row_positions, load_graph, verify_graph_dir
 from distgnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
 from distgnn.metrics import evaluate_popularity, evaluate_ranking, finalize

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from distgnn.config import TrainJobConfig, load_config, replace_nested
+from distgnn.config import TrainJobConfig, load_config
 from distgnn.graph import load_graph
 from distgnn.rundir import create_run_dir, read_history
 from distgnn.train import launch, positive_cells, shard_edges, train_loop
@@ -12,7 +12,7 @@ from distgnn.train import launch, positive_cells, shard_edges, train_loop
 def tiny_job(graph, **overrides) -> TrainJobConfig:
     base = {"graph": str(graph), "model.dim": 32, "model.num_layers": 2, "sampler.num_neighbors": "10,10",
             "optim.batch_size": 512, "optim.epochs": 6, "optim.num_negatives": 4, "optim.lr": 0.02,
-            "eval.patience": 0, "cluster.threads_per_worker": 2}
+            "eval.patience": 0, "cluster.threads_per_worker": 1}
     return load_config(TrainJobConfig, **{**base, **overrides})
 
 
