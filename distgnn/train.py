@@ -37,7 +37,7 @@ from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_fr
                             make_parser, replace_nested)
 from distgnn.graph import Graph, csr_row_positions, load_graph, verify_graph_dir
 from distgnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
-from distgnn.metrics import evaluate_popularity, evaluate_ranking, finalize
+from distgnn.metrics import RANKING_METRICS, evaluate_popularity, evaluate_ranking, finalize
 from distgnn.models import build_model, full_graph_embeddings, sampled_adjacency
 from distgnn.rundir import RESULTS_FILE, create_run_dir, plot_curves, read_history, results_table, write_history
 from distgnn.sampler import make_sampler
@@ -63,6 +63,14 @@ def node_features(graph: Graph) -> Tensor | None:
     if fi:
         x[graph.num_users:, fu:] = graph.item_features
     return x
+
+
+def check_metric(job: TrainJobConfig) -> None:
+    """Fail before any training when ``eval.metric`` is not among the metrics ``eval.ks`` computes."""
+    names = [f"{m}@{k}" for k in job.eval.ks for m in RANKING_METRICS]
+    if job.eval.metric not in names:
+        raise ConfigError(f"config key 'eval.metric': {job.eval.metric!r} is not computed with "
+                          f"eval.ks={list(job.eval.ks)} (one of {', '.join(names)})")
 
 
 def make_model(job: TrainJobConfig, graph: Graph) -> nn.Module:
@@ -231,6 +239,7 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
 
     Returns the final results (test metrics of the model and of the popularity baseline).
     """
+    check_metric(job)
     rank, world_size = dist.rank(), dist.world_size()
     torch.set_num_threads(job.cluster.threads_per_worker)
     torch.manual_seed(job.run.seed)  # same initial weights on every rank
@@ -287,8 +296,6 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
             record["eval"] = evaluate(emb, graph, split, job.eval.ks, batch_size=job.eval.batch_size)
             record["eval_split"] = split
             record["eval_s"] = round(dist.all_reduce_max(time.perf_counter() - t1), 3)
-            if metric not in record["eval"]:
-                raise ConfigError(f"config key 'eval.metric': {metric!r} is not among {sorted(record['eval'])}")
             # Without a validation split the last epoch is kept: choosing by test would be cheating.
             if best is None or split == "test" or record["eval"][metric] > best["value"]:
                 best = {"epoch": epoch, "value": record["eval"][metric]}
@@ -467,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_command(args, single: bool) -> int:
-    job = resolve_graph(config_from_args(TrainJobConfig, args))
+    job = config_from_args(TrainJobConfig, args)
+    check_metric(job)
+    job = resolve_graph(job)
     run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
     log.info("run directory: %s", run_dir)
     t0 = time.perf_counter()

@@ -48,9 +48,8 @@ from distgnn.cli import configure_logging
 from distgnn.config import (ConfigError, TrainJobConfig, add_config_arguments, build_config, config_from_args,
                             config_to_dict, load_yaml, replace_nested)
 from distgnn.errors import DataError
-from distgnn.metrics import RANKING_METRICS
 from distgnn.rundir import CONFIG_FILE, RESULTS_FILE, create_run_dir, read_history
-from distgnn.train import resolve_graph, train_loop
+from distgnn.train import check_metric, resolve_graph, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +228,6 @@ def check_fanouts(job: TrainJobConfig, where: str) -> None:
         raise ConfigError(f"{where}: gives {len(job.sampler.num_neighbors)} fanouts "
                           f"({FANOUTS_KEY}) for {job.model.num_layers} layers ({LAYERS_KEY}); "
                           f"they must match")
-
-
-def check_metric(job: TrainJobConfig) -> None:
-    names = [f"{m}@{k}" for k in job.eval.ks for m in RANKING_METRICS]
-    if job.eval.metric not in names:
-        raise ConfigError(f"config key 'eval.metric': {job.eval.metric!r} is not computed with "
-                          f"eval.ks={list(job.eval.ks)} (one of {', '.join(names)})")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -99,3 +99,10 @@ def test_time_budget_stops_before_an_epoch_would_overrun():
     history = [{"train_s": 50.0, "eval_s": 10.0}, {"train_s": 40.0}]
     assert not over_budget(history, spent_s=100.0, budget_min=3)  # 100 + 60 <= 180
     assert over_budget(history, spent_s=130.0, budget_min=3)  # 130 + 60 > 180
+
+
+def test_unknown_eval_metric_fails_before_training(tiny_graph, tmp_path):
+    job = tiny_job(tiny_graph, **{"eval.metric": "ndcg@50"})
+    with pytest.raises(ValueError, match="'eval.metric': 'ndcg@50' is not computed with eval.ks"):
+        train_loop(job, create_run_dir(job, str(tmp_path), "run"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
