@@ -21,7 +21,8 @@ folder (items are the base, users the queries), with product-level quality when 
 directory is readable.
 
 The issue's target is checked on every dataset of at least 1M items: some IVF or HNSW setting with
-recall@10 >= 0.95 and batch-1 QPS >= 10x that of Flat, each at its better thread count. Prints the
+recall@10 >= 0.95 and batch-1 QPS >= 10x that of Flat, each at its better thread count, both against
+the Flat row and against Flat re-measured right after the row (the machine may be shared). Prints the
 tables, writes them with a JSON of all rows and a recall@10-vs-QPS plot to ``--out``.
 """
 from __future__ import annotations
