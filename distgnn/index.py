@@ -243,7 +243,12 @@ def build_index(
 
     if ivf is not None:
         # the default follows the index's own nlist, which a raw factory string may have set
-        set_search_params(index, nprobe=default_nprobe(ivf.nlist) if nprobe is None else nprobe)
+        # precedence: the nprobe argument, then an index_params override, then the default for the
+        # index's own nlist (which a raw factory string may have set)
+        if nprobe is None:
+            nprobe = int(index_params["nprobe"]) if index_params and "nprobe" in index_params \
+                else default_nprobe(ivf.nlist)
+        set_search_params(index, nprobe=nprobe)
     elif nprobe is not None:
         raise ConfigError(f"nprobe applies to IVF indexes only, not {factory!r}")
     if _has_hnsw(index):

@@ -284,3 +284,11 @@ def test_gpu_matches_cpu(data, built, tmp_path):
     assert recall_at_k(search(loaded, xq, K, metric="ip")[1], I_exact) == 1.0
     hnsw = build_index(xb, "hnsw", use_gpu=True)  # no GPU HNSW in FAISS: stays on CPU
     assert not type(faiss.downcast_index(hnsw)).__name__.startswith("Gpu")
+
+
+def test_nprobe_given_in_index_params_is_used():
+    xb = np.random.default_rng(0).standard_normal((4000, 16)).astype(np.float32)
+    index = build_index(xb, "ivf", index_params={"nlist": 64, "nprobe": 3})
+    assert faiss.extract_index_ivf(index).nprobe == 3
+    index = build_index(xb, "ivf", nprobe=5, index_params={"nlist": 64, "nprobe": 3})
+    assert faiss.extract_index_ivf(index).nprobe == 5
