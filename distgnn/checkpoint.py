@@ -28,18 +28,19 @@ def write_json_atomic(obj: Any, path: Path) -> None:
 
 
 def save_training_state(folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer],
-                        epoch: int, history: list[dict], best: dict | None) -> Path:
-    """Everything needed to continue after ``epoch`` (the next run starts at ``epoch + 1``)."""
+                        epoch: int, history: list[dict], best: dict | None, name: str = STATE_FILE) -> Path:
+    """Everything needed to continue after ``epoch`` (the next run starts at ``epoch + 1``).
+    ``name``: the file, one per worker when each holds a different shard of the model."""
     save_atomic({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                  "epoch": epoch, "history": history, "best": best,
-                 "torch_rng": torch.get_rng_state()}, folder / STATE_FILE)
+                 "torch_rng": torch.get_rng_state()}, folder / name)
     return folder
 
 
-def load_training_state(folder: Path, *, model: nn.Module,
-                        optimizers: list[torch.optim.Optimizer]) -> dict[str, Any]:
+def load_training_state(folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer],
+                        name: str = STATE_FILE) -> dict[str, Any]:
     """Restore model and optimisers in place; returns ``{"epoch", "history", "best"}``."""
-    state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+    state = torch.load(Path(folder) / name, weights_only=False)
     model.load_state_dict(state["model"])
     for opt, opt_state in zip(optimizers, state["optimizers"]):
         opt.load_state_dict(opt_state)

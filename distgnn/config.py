@@ -130,6 +130,10 @@ class ClusterConfig:
     threads_per_worker: int = opt(1, "torch threads in each worker")
     max_failures: int = opt(1, "worker failures survived by restarting from the last checkpoint")
     address: str = opt("", "Ray address; empty = the cluster of 'ray job submit', or a local one")
+    partitioned: bool = opt(False, "each worker holds only its part of the graph and its rows of the "
+                                   "embedding table; neighbors in other parts are sampled by their owner "
+                                   "(needs GRAPH/parts with cluster.num_workers parts: python -m "
+                                   "distgnn.partition)")
 
 
 @dataclass(frozen=True)

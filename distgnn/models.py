@@ -92,7 +92,11 @@ class LightGCN(nn.Module):
         return self.embedding(n_id)
 
     def forward(self, n_id: Tensor, adj_t: Tensor) -> Tensor:
-        x = self.embedding(n_id)
+        return self.propagate(self.embedding(n_id), adj_t)
+
+    def propagate(self, x: Tensor, adj_t: Tensor) -> Tensor:
+        """Layer mean of ``x`` propagated ``num_layers`` times; ``x`` holds the rows of the nodes of
+        ``adj_t`` (the partitioned trainer fetches them from the workers that own them)."""
         out = x / (self.num_layers + 1)
         for _ in range(self.num_layers):
             x = self.conv(x, adj_t)
@@ -115,6 +119,9 @@ class MF(nn.Module):
 
     def forward(self, n_id: Tensor, adj_t: Tensor | None = None) -> Tensor:
         return self.embedding(n_id)
+
+    def propagate(self, x: Tensor, adj_t: Tensor | None = None) -> Tensor:
+        return x
 
 
 class BipartiteSAGE(nn.Module):

@@ -300,15 +300,9 @@ def _load_npy(path: Path) -> Tensor:
     return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
-def load_partition(graph_dir: str | Path, part_id: int, *, num_parts: int | None = None,
-                   verify: bool = True) -> Partition:
-    """Load part ``part_id`` of ``graph_dir/parts``.
-
-    Args:
-        num_parts: the number of parts the caller expects (e.g. its number of workers); a different
-            stored number raises instead of silently training on a wrong share of the graph.
-        verify: check the sha256 of this part's files and of ``node_part.npy`` against parts/meta.json.
-    """
+def read_parts_meta(graph_dir: str | Path, num_parts: int | None = None) -> dict:
+    """``parts/meta.json`` of a graph directory, refusing a missing or incomplete folder and, given
+    ``num_parts`` (e.g. the number of workers), a different stored number of parts."""
     graph_dir = Path(graph_dir)
     parts_dir = graph_dir / PARTS_DIR
     meta_file = parts_dir / "meta.json"
@@ -323,28 +317,60 @@ def load_partition(graph_dir: str | Path, part_id: int, *, num_parts: int | None
         raise DataError(f"{meta_file}: not valid JSON ({err})") from None
     stored = int(meta["num_parts"])
     if num_parts is not None and num_parts != stored:
-        raise DataError(f"{parts_dir}: holds {stored} partitions, but {num_parts} were requested; "
-                        f"re-partition with python -m distgnn.partition --graph {graph_dir} "
+        raise DataError(f"{parts_dir}: holds {stored} partitions, but {num_parts} were requested (one per "
+                        f"worker); re-partition with python -m distgnn.partition --graph {graph_dir} "
                         f"--partitions {num_parts}")
+    return meta
+
+
+def _verify_part(parts_dir: Path, meta: dict, part_id: int) -> None:
+    stored = int(meta["num_parts"])
     if not 0 <= part_id < stored:
         raise DataError(f"{parts_dir}: holds parts 0..{stored - 1}, no part {part_id}")
     name = part_folder_name(part_id)
     folder = parts_dir / name
     if not folder.is_dir():
-        raise DataError(f"{folder}: part folder missing ({stored} parts listed in {meta_file})")
+        raise DataError(f"{folder}: part folder missing ({stored} parts listed in {parts_dir / 'meta.json'})")
+    mine = {f: d for f, d in meta.get("checksums", {}).items()
+            if f == NODE_PART_FILE or f.startswith(name + "/")}
+    for file, digest in mine.items():
+        path = parts_dir / file
+        if not path.is_file():
+            raise DataError(f"{path}: missing, but listed in {parts_dir / 'meta.json'}")
+        if sha256_file(path) != digest:
+            raise DataError(f"{path}: checksum differs from {parts_dir / 'meta.json'}; the partition is "
+                            "damaged, re-run python -m distgnn.partition")
+
+
+def verify_partitions(graph_dir: str | Path, num_parts: int) -> dict:
+    """Check, before any worker starts, that ``graph_dir/parts`` holds exactly ``num_parts`` complete
+    parts whose files match their checksums. Returns parts/meta.json."""
+    meta = read_parts_meta(graph_dir, num_parts)
+    for part_id in range(num_parts):
+        _verify_part(Path(graph_dir) / PARTS_DIR, meta, part_id)
+    return meta
+
+
+def load_partition(graph_dir: str | Path, part_id: int, *, num_parts: int | None = None,
+                   verify: bool = True) -> Partition:
+    """Load part ``part_id`` of ``graph_dir/parts``.
+
+    Args:
+        num_parts: the number of parts the caller expects (e.g. its number of workers); a different
+            stored number raises instead of silently training on a wrong share of the graph.
+        verify: check the sha256 of this part's files and of ``node_part.npy`` against parts/meta.json.
+    """
+    parts_dir = Path(graph_dir) / PARTS_DIR
+    meta = read_parts_meta(graph_dir, num_parts)
     if verify:
-        mine = {f: d for f, d in meta.get("checksums", {}).items()
-                if f == NODE_PART_FILE or f.startswith(name + "/")}
-        for file, digest in mine.items():
-            path = parts_dir / file
-            if not path.is_file():
-                raise DataError(f"{path}: missing, but listed in {meta_file}")
-            if sha256_file(path) != digest:
-                raise DataError(f"{path}: checksum differs from {meta_file}; the partition is damaged, "
-                                "re-run python -m distgnn.partition")
+        _verify_part(parts_dir, meta, part_id)
+    else:
+        _verify_part(parts_dir, {**meta, "checksums": {}}, part_id)
+    folder = parts_dir / part_folder_name(part_id)
     features = folder / "features.npy"
-    return Partition(path=folder, part_id=part_id, num_parts=stored, num_users=int(meta["num_users"]),
-                     num_items=int(meta["num_items"]), nodes=_load_npy(folder / "nodes.npy"),
+    return Partition(path=folder, part_id=part_id, num_parts=int(meta["num_parts"]),
+                     num_users=int(meta["num_users"]), num_items=int(meta["num_items"]),
+                     nodes=_load_npy(folder / "nodes.npy"),
                      indptr=_load_npy(folder / "indptr.npy"), indices=_load_npy(folder / "indices.npy"),
                      features=_load_npy(features) if features.is_file() else None,
                      train_edges=_load_npy(folder / "train_edges.npy"),

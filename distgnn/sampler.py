@@ -20,6 +20,7 @@ import functools
 import logging
 import math
 import os
+from typing import Callable
 
 import torch
 import torch_geometric.typing
@@ -163,9 +164,28 @@ def sample_subgraph(indptr: Tensor, indices: Tensor, seeds: Tensor, num_neighbor
     """
     if node_map is None:
         node_map = torch.full((indptr.numel() - 1,), -1, dtype=torch.long)
+
+    def neighbors(frontier: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        segment, position = sample_neighbors(indptr, indices, frontier, k, replace=replace,
+                                             generator=generator)
+        return segment, indices.index_select(0, position), position
+
+    return expand_subgraph(seeds.long(), num_neighbors, neighbors, node_map=node_map)
+
+
+def expand_subgraph(seeds: Tensor, num_neighbors: list[int],
+                    neighbors: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]], *,
+                    node_map: Tensor) -> SamplerOutput:
+    """Hop-by-hop expansion and PyG-order relabelling around ``seeds``.
+
+    ``neighbors(frontier, k)`` samples up to ``k`` neighbors of each frontier node and returns
+    ``(segment, neighbor, edge)``: per sampled entry, its index into ``frontier`` (entries grouped
+    by frontier node, in frontier order), the neighbor's global id and an edge id. It reads a local
+    CSR in :func:`sample_subgraph` and asks the owning workers in the partitioned sampler.
+    ``node_map`` is the ``[N]`` workspace of :func:`sample_subgraph`, left filled with -1.
+    """
     try:
-        out = _expand(indptr, indices, seeds.long(), num_neighbors, replace=replace,
-                      generator=generator, node_map=node_map)
+        out = _expand(seeds, num_neighbors, neighbors, node_map)
     except BaseException:
         node_map.fill_(-1)  # rare path: we do not know which entries were written, reset them all
         raise
@@ -173,8 +193,8 @@ def sample_subgraph(indptr: Tensor, indices: Tensor, seeds: Tensor, num_neighbor
     return out
 
 
-def _expand(indptr: Tensor, indices: Tensor, seeds: Tensor, num_neighbors: list[int], *,
-            replace: bool, generator: torch.Generator | None, node_map: Tensor) -> SamplerOutput:
+def _expand(seeds: Tensor, num_neighbors: list[int],
+            neighbors: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]], node_map: Tensor) -> SamplerOutput:
     num_seeds = seeds.numel()
     node_map[seeds] = torch.arange(num_seeds)
     if not bool((node_map[seeds] == torch.arange(num_seeds)).all()):
@@ -183,9 +203,7 @@ def _expand(indptr: Tensor, indices: Tensor, seeds: Tensor, num_neighbors: list[
     nodes, rows, cols, edges = [seeds], [], [], []
     frontier, frontier_start, num_nodes = seeds, 0, num_seeds
     for k in num_neighbors:
-        segment, position = sample_neighbors(indptr, indices, frontier, k, replace=replace,
-                                             generator=generator)
-        neighbor = indices.index_select(0, position)
+        segment, neighbor, position = neighbors(frontier, k)
         local = node_map.index_select(0, neighbor)
         # First appearance without sorting: scatter amax of tag = -2 - (entry index) leaves each
         # unseen node's map entry at -2 - (its first entry); seen nodes scatter their own local id,
@@ -304,6 +322,12 @@ class NeighborSampler(BaseSampler):
             raise ValueError(f"indptr and indices must be int64 (got {indptr.dtype}, {indices.dtype})")
         self.indptr = indptr
         self.indices = indices
+        self._init_sampling(num_neighbors, num_users=num_users, num_items=num_items, replace=replace,
+                            seed=seed)
+
+    def _init_sampling(self, num_neighbors: list[int], *, num_users: int, num_items: int, replace: bool,
+                       seed: int | None) -> None:
+        """Settings and random state shared by every subclass, whatever holds its graph."""
         self.num_neighbors = list(num_neighbors)
         self.num_users = num_users
         self.num_items = num_items

@@ -31,7 +31,7 @@ from torch_geometric.sampler import NegativeSampling
 
 from distgnn import dist
 from distgnn.cli import configure_logging, run_command
-from distgnn.checkpoint import (BEST_MODEL, load_training_state, save_model, save_training_state,
+from distgnn.checkpoint import (BEST_MODEL, STATE_FILE, load_training_state, save_model, save_training_state,
                                 write_json_atomic)
 from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_from_args, config_to_dict,
                             make_parser, replace_nested)
@@ -108,21 +108,27 @@ def make_train_loader(graph: Graph, job: TrainJobConfig, edge_label_index: Tenso
     sampler = make_sampler(graph.indptr, graph.indices, fanouts, num_users=graph.num_users,
                            num_items=graph.num_items, backend=job.sampler.backend,
                            replace=job.sampler.replace, seed=seed)
-    # The graph itself lives in the sampler's CSR; LinkLoader only needs an `edge_index` key to
-    # emit the sampled one.
-    data = Data(num_nodes=graph.num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long))
+    return link_loader(sampler, graph.num_nodes, edge_label_index, job)
+
+
+def link_loader(sampler, num_nodes: int, edge_label_index: Tensor, job: TrainJobConfig) -> LinkLoader:
+    """PyG's LinkLoader over ``edge_label_index`` with triplet negatives, driven by ``sampler``."""
+    # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
+    # sampled one.
+    data = Data(num_nodes=num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long))
     amount = 1 if job.optim.loss == "bpr" else job.optim.num_negatives
     return LinkLoader(data, link_sampler=sampler, edge_label_index=edge_label_index,
                       neg_sampling=NegativeSampling("triplet", amount=amount),
                       batch_size=job.optim.batch_size, shuffle=True, drop_last=True)
 
 
-def positive_cells(graph: Graph, users: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+def positive_cells(indptr: Tensor, indices: Tensor, user_rows: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
     """``(rows, cols)`` of the ``[B, C]`` cells where candidate item node ``candidates[c]`` is a
-    training positive of user ``users[b]`` (global ids). Vectorised over the batch's CSR rows; only
-    these few cells are touched, never a dense ``[B, C]`` mask."""
-    segment, position = csr_row_positions(graph.indptr, users)
-    item_nodes = graph.indices[position]
+    training positive of the user in CSR row ``user_rows[b]`` (the whole graph's CSR with global
+    ids, or a part's CSR with local rows). Vectorised over the batch's CSR rows; only these few
+    cells are touched, never a dense ``[B, C]`` mask."""
+    segment, position = csr_row_positions(indptr, user_rows)
+    item_nodes = indices[position]
     sorted_cand, order = torch.sort(candidates)
     loc = torch.searchsorted(sorted_cand, item_nodes).clamp(max=candidates.numel() - 1)
     hit = sorted_cand[loc] == item_nodes
@@ -138,31 +144,46 @@ def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph
     if job.model.name != "mf":
         adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], graph.degree).to(device)
     out = model(n_id.to(device), adj_t)
+    return link_loss(out, lambda local: raw_model.ego(n_id[local].to(device)), batch, job, item_log_q,
+                     lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
+                     num_users=graph.num_users)
+
+
+def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, job: TrainJobConfig,
+              item_log_q: Tensor | None, positives: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], *,
+              num_users: int, user_rows: Tensor | None = None) -> Tensor:
+    """BPR or sampled-softmax loss of a batch from the subgraph's output embeddings ``out [n, d]``.
+
+    Args:
+        ego: layer-0 embeddings of local node ids (the L2 penalty's input).
+        positives: ``(user CSR rows, candidate item nodes) -> (rows, cols)`` of known positives,
+            masked out of the softmax (:func:`positive_cells`).
+        user_rows: the CSR rows of the batch's users for ``positives``; default their global ids.
+    """
+    n_id, device = batch.n_id, out.device
     user_local, pos_local = batch.src_index, batch.dst_pos_index
     neg_index = batch.dst_neg_index.view(user_local.numel(), -1)
     if job.optim.loss == "bpr":
         neg_local = neg_index[:, 0]
         loss = bpr_loss(*(out[i.to(device)] for i in (user_local, pos_local, neg_local)))
-        ego = raw_model.ego(n_id[torch.cat([user_local, pos_local, neg_local])].to(device))
-        return loss + job.optim.l2 * l2_penalty(*ego.chunk(3))
+        return loss + job.optim.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local, neg_local])).chunk(3))
     cand_local, inverse = torch.unique(torch.cat([pos_local, neg_index.flatten()]), return_inverse=True)
     target = inverse[: pos_local.numel()]
     cand_nodes = n_id[cand_local]
-    rows, cols = positive_cells(graph, n_id[user_local], cand_nodes)
-    log_q = item_log_q[cand_nodes - graph.num_users].to(device) if item_log_q is not None else None
+    rows, cols = positives(n_id[user_local] if user_rows is None else user_rows, cand_nodes)
+    log_q = item_log_q[cand_nodes - num_users].to(device) if item_log_q is not None else None
     loss = sampled_softmax_loss(out[user_local.to(device)], out[cand_local.to(device)], target.to(device),
                                 temperature=job.optim.temperature, masked=(rows.to(device), cols.to(device)),
                                 log_q=log_q)
-    ego = raw_model.ego(n_id[torch.cat([user_local, pos_local])].to(device))
-    return loss + job.optim.l2 * l2_penalty(*ego.chunk(2))
+    return loss + job.optim.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local])).chunk(2))
 
 
-def candidate_log_q(graph: Graph, job: TrainJobConfig) -> Tensor:
+def candidate_log_q(item_degree: Tensor, job: TrainJobConfig) -> Tensor:
     """log of the expected number of times each item enters a batch: in-batch positives are drawn
     in proportion to item degree, uniform negatives evenly."""
-    item_degree = graph.degree[graph.num_users:].to(torch.float64)
+    item_degree = item_degree.to(torch.float64)
     batch = job.optim.batch_size
-    expected = batch * item_degree / item_degree.sum() + batch * job.optim.num_negatives / graph.num_items
+    expected = batch * item_degree / item_degree.sum() + batch * job.optim.num_negatives / item_degree.numel()
     return expected.clamp(min=1e-12).log().to(torch.float32)
 
 
@@ -262,7 +283,7 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
     if steps == 0:
         raise ConfigError(f"config key 'optim.batch_size': {job.optim.batch_size} exceeds a worker's "
                           f"{edges.shape[1]} training edges")
-    item_log_q = candidate_log_q(graph, job) if job.optim.loss == "softmax" else None
+    item_log_q = candidate_log_q(graph.degree[graph.num_users:], job) if job.optim.loss == "softmax" else None
     split = eval_split(graph)
     metric = job.eval.metric
     log.info("%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s", world_size,
@@ -352,14 +373,17 @@ def _flat(record: dict) -> dict:
 
 
 def _report_with_checkpoint(report: ReportFn | None, metrics: dict, model: nn.Module,
-                            optimizers: list, epoch: int, history: list, best: dict | None) -> None:
+                            optimizers: list, epoch: int, history: list, best: dict | None, *,
+                            state_file: str | None = None) -> None:
+    """Report an epoch with a checkpoint: rank 0's copy of the replicated state, or, given a
+    ``state_file`` name per rank, every rank's own shard (Ray merges the files into one folder)."""
     if report is None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = None
-        if dist.rank() == 0:  # one copy of the (replicated) state is enough
+        if state_file is not None or dist.rank() == 0:
             folder = save_training_state(Path(tmp), model=model, optimizers=optimizers, epoch=epoch,
-                                         history=history, best=best)
+                                         history=history, best=best, name=state_file or STATE_FILE)
         report(metrics, folder)
 
 
@@ -399,8 +423,13 @@ def _ray_worker(loop_config: dict) -> None:
         ray.train.report(metrics, checkpoint=ckpt)
 
     def run(restore: Restored | None) -> None:
-        train_loop(job, Path(loop_config["run_dir"]), report=report, restore=restore,
-                   wrap_model=ray.train.torch.prepare_model, device=ray.train.torch.get_device())
+        if job.cluster.partitioned:
+            from distgnn.partitioned import partitioned_train_loop
+
+            partitioned_train_loop(job, Path(loop_config["run_dir"]), report=report, restore=restore)
+        else:
+            train_loop(job, Path(loop_config["run_dir"]), report=report, restore=restore,
+                       wrap_model=ray.train.torch.prepare_model, device=ray.train.torch.get_device())
 
     if checkpoint is None:
         run(None)
@@ -445,7 +474,14 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
     folders), preparing the synthetic default if none is given."""
     if job.graph:
         verify_graph_dir(job.graph)
+        if job.cluster.partitioned:
+            from distgnn.partition import verify_partitions
+
+            verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))
+    if job.cluster.partitioned:
+        raise ConfigError("config key 'cluster.partitioned': needs a partitioned --graph (python -m "
+                          "distgnn.partition --graph DIR --partitions N, N = cluster.num_workers)")
     from distgnn.config import PrepareConfig
     from distgnn.prepare import prepare
 
@@ -480,7 +516,13 @@ def _train_command(args, single: bool) -> int:
     run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
     log.info("run directory: %s", run_dir)
     t0 = time.perf_counter()
+    if single and job.cluster.partitioned:
+        raise ConfigError("--single-process trains on the whole graph; drop --cluster.partitioned")
     results = train_loop(job, run_dir) if single else launch(job, run_dir)
+    if job.cluster.partitioned:  # export reads one model.pt: join the parts' best shards
+        from distgnn.partitioned import SHARDS_DIR, assemble_model
+
+        assemble_model(run_dir / SHARDS_DIR, job.cluster.num_workers, run_dir / BEST_MODEL)
     wall_s = time.perf_counter() - t0
     history = read_history(run_dir)
     plot = plot_curves(run_dir, history, job.eval.metric)

@@ -31,7 +31,7 @@ def test_positive_cells_by_hand(tiny_graph):
     own = g.indices[g.indptr[0]:g.indptr[1]]
     other = torch.tensor([n for n in range(g.num_users, g.num_nodes) if n not in set(own.tolist())][:3])
     candidates = torch.cat([other, own[:2]])
-    rows, cols = positive_cells(g, user, candidates)
+    rows, cols = positive_cells(g.indptr, g.indices, user, candidates)
     mask = torch.zeros(2, 5, dtype=torch.bool)
     mask[rows, cols] = True
     assert mask[0].tolist() == [False, False, False, True, True]
