@@ -119,6 +119,8 @@ class EvalConfig:
     patience: int = opt(5, "epochs without improvement before stopping early, 0 = never")
     every: int = opt(1, "validate every this many epochs")
     batch_size: int = opt(1024, "users scored at once in full-ranking evaluation")
+    max_users: int = opt(0, "evaluate a fixed random sample of this many users (those of them with "
+                            "held-out items), 0 = every user; for graphs too big to rank every user")
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,14 @@ def full_adjacency(indptr: Tensor, indices: Tensor, *, rows: Tensor | None = Non
     return torch.sparse_csr_tensor(crow, col, weight, (crow.numel() - 1, num_nodes))
 
 
+def trim_rows(adj_t: Tensor, num_rows: int, num_cols: int) -> Tensor:
+    """The first ``num_rows`` rows of a CSR ``adj_t`` whose columns all fall below ``num_cols``
+    (a hop-ordered sampled subgraph: nodes up to hop h only hear from nodes up to hop h+1)."""
+    crow = adj_t.crow_indices()[: num_rows + 1]
+    nnz = int(crow[-1])
+    return torch.sparse_csr_tensor(crow, adj_t.col_indices()[:nnz], adj_t.values()[:nnz], (num_rows, num_cols))
+
+
 class LightGCN(nn.Module):
     r"""LightGCN (He et al., 2020): ``e^{(l+1)} = \hat A e^{(l)}``, output ``\sum_l e^{(l)} / (L+1)``.
 
@@ -91,16 +99,29 @@ class LightGCN(nn.Module):
     def ego(self, n_id: Tensor) -> Tensor:
         return self.embedding(n_id)
 
-    def forward(self, n_id: Tensor, adj_t: Tensor) -> Tensor:
-        return self.propagate(self.embedding(n_id), adj_t)
+    def forward(self, n_id: Tensor, adj_t: Tensor, hop_sizes: list[int] | None = None) -> Tensor:
+        return self.propagate(self.embedding(n_id), adj_t, hop_sizes)
 
-    def propagate(self, x: Tensor, adj_t: Tensor) -> Tensor:
+    def propagate(self, x: Tensor, adj_t: Tensor, hop_sizes: list[int] | None = None) -> Tensor:
         """Layer mean of ``x`` propagated ``num_layers`` times; ``x`` holds the rows of the nodes of
-        ``adj_t`` (the partitioned trainer fetches them from the workers that own them)."""
-        out = x / (self.num_layers + 1)
-        for _ in range(self.num_layers):
-            x = self.conv(x, adj_t)
-            out = out + x / (self.num_layers + 1)
+        ``adj_t`` (the partitioned trainer fetches them from the workers that own them).
+
+        With ``hop_sizes`` (a sampled subgraph's ``num_sampled_nodes``: seeds, then each hop's new
+        nodes, numbered in that order) each layer computes only the rows later layers read (layer
+        ``l`` needs nodes up to hop ``L-1-l``), and only the seeds' rows are returned: the same
+        values for the seeds, with most of the sparse work skipped (the last hop holds most nodes).
+        """
+        if hop_sizes is None:
+            out = x / (self.num_layers + 1)
+            for _ in range(self.num_layers):
+                x = self.conv(x, adj_t)
+                out = out + x / (self.num_layers + 1)
+            return out
+        reach = torch.tensor(hop_sizes).cumsum(0).tolist()  # reach[h]: nodes within h hops
+        out = x[: reach[0]] / (self.num_layers + 1)
+        for layer in range(self.num_layers):
+            x = self.conv(x, trim_rows(adj_t, reach[self.num_layers - 1 - layer], x.shape[0]))
+            out = out + x[: reach[0]] / (self.num_layers + 1)
         return out
 
 
@@ -117,10 +138,10 @@ class MF(nn.Module):
     def ego(self, n_id: Tensor) -> Tensor:
         return self.embedding(n_id)
 
-    def forward(self, n_id: Tensor, adj_t: Tensor | None = None) -> Tensor:
+    def forward(self, n_id: Tensor, adj_t: Tensor | None = None, hop_sizes: list[int] | None = None) -> Tensor:
         return self.embedding(n_id)
 
-    def propagate(self, x: Tensor, adj_t: Tensor | None = None) -> Tensor:
+    def propagate(self, x: Tensor, adj_t: Tensor | None = None, hop_sizes: list[int] | None = None) -> Tensor:
         return x
 
 

@@ -40,15 +40,15 @@ from torch_geometric.data import Data
 from distgnn import dist
 from distgnn.checkpoint import load_training_state, save_atomic, write_json_atomic
 from distgnn.config import ConfigError, TrainJobConfig, config_to_dict
-from distgnn.graph import ItemSets, item_sets_from_pairs
+from distgnn.graph import ItemSets, csr_row_positions, item_sets_from_pairs
 from distgnn.metrics import evaluate_popularity, evaluate_ranking, finalize
 from distgnn.models import build_model, lightgcn_edge_weight, sampled_adjacency
 from distgnn.partition import Partition, global_to_local, load_partition
 from distgnn.rundir import RESULTS_FILE, write_history
 from distgnn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
 from distgnn.train import (ReportFn, Restored, _flat, _log_epoch, _maybe_crash, _report_with_checkpoint,
-                           candidate_log_q, check_metric, link_loader, link_loss, make_optimizers, over_budget,
-                           peak_rss_mb, positive_cells, scoring_metric)
+                           candidate_log_q, check_metric, evaluated_users, link_loader, link_loss,
+                           make_optimizers, over_budget, peak_rss_mb, positive_cells, scoring_metric)
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,18 @@ class PartView:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
 
+def held_bytes(view: PartView, model: nn.Module) -> dict[str, int]:
+    """Bytes of what a worker holds between steps: its part's structure and features, the routing
+    arrays, its embedding rows and their two Adam moments."""
+    p = view.partition
+    structure = sum(t.numel() * t.element_size() for t in (p.nodes, p.indptr, p.indices, p.train_edges))
+    params = sum(t.numel() * t.element_size() for t in model.parameters())
+    return {"structure": structure,
+            "features": p.features.numel() * p.features.element_size() if p.features is not None else 0,
+            "routing": p.node_part.numel() * p.node_part.element_size() + view.degree.numel() * 8,
+            "embeddings_and_adam": 3 * params}
+
+
 def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartView:
     """Load this worker's part (checksums verified) and what it needs besides."""
     graph_dir = Path(graph_dir)
@@ -300,29 +312,46 @@ def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartVie
 
 
 @torch.no_grad()
-def partitioned_embeddings(model: nn.Module, view: PartView, *, cosine: bool,
+def partitioned_embeddings(model: nn.Module, view: PartView, *, cosine: bool, chunk_size: int = 65536,
                            traffic: Traffic | None = None) -> Tensor:
     """Exact (unsampled) output embeddings of the nodes this part owns, ``[n_p, d]``.
 
-    Layer-wise: each layer, every worker fetches the previous layer's rows of its halo (the
-    neighbors of its nodes) from their owners and multiplies by its rows of the normalised
-    adjacency. Normalised when the model scores by cosine.
+    Layer-wise, as :func:`distgnn.models.full_graph_embeddings`: each layer is materialised for every
+    node before the next, in chunks of ``chunk_size`` owned rows; for each chunk the worker fetches
+    the previous layer's rows of the chunk's neighbors from their owners and multiplies by the
+    chunk's rows of the normalised adjacency. Chunks bound the memory to a few ``[chunk, d]`` and
+    ``[chunk x degree]`` buffers. Normalised when the model scores by cosine.
     """
     p = view.partition
     x = model.embedding.weight.detach()
     out = x
     if model.num_layers > 0:
-        halo, column = torch.unique(p.indices, return_inverse=True)
-        dst = torch.repeat_interleave(p.nodes, p.indptr.diff())
-        weight = lightgcn_edge_weight(view.degree, p.indices, dst, view.degree.index_select(0, dst))
-        adj_t = torch.sparse_csr_tensor(p.indptr, column, weight, (p.num_nodes, halo.numel()))
+        # every rank runs the same number of chunks: each one is a collective
+        num_chunks = int(dist.all_reduce_max(-(-p.num_nodes // chunk_size)))
         out = x / (model.num_layers + 1)
         for _ in range(model.num_layers):
-            layer = x
-            x_halo, _ = fetch_rows(lambda rows: layer.index_select(0, rows), p, halo, traffic)
-            x = torch.sparse.mm(adj_t, x_halo)
+            layer, x = x, torch.empty_like(x)
+            for chunk in range(num_chunks):
+                rows = torch.arange(chunk * chunk_size, min((chunk + 1) * chunk_size, p.num_nodes))
+                adj_t, halo = _chunk_adjacency(view, rows)
+                x_halo, _ = fetch_rows(lambda r: layer.index_select(0, r), p, halo, traffic)
+                x[rows] = torch.sparse.mm(adj_t, x_halo)
             out = out + x / (model.num_layers + 1)
     return torch.nn.functional.normalize(out, dim=-1) if cosine else out
+
+
+def _chunk_adjacency(view: PartView, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``(adj_t [len(rows), len(halo)], halo)``: LightGCN-normalised rows of owned nodes ``rows``
+    (local ids) against ``halo``, the distinct global ids of their neighbors."""
+    p = view.partition
+    segment, position = csr_row_positions(p.indptr, rows)
+    neighbor = p.indices.index_select(0, position)
+    halo, column = torch.unique(neighbor, return_inverse=True)
+    dst = p.nodes.index_select(0, rows).index_select(0, segment)
+    weight = lightgcn_edge_weight(view.degree, neighbor, dst, view.degree.index_select(0, dst))
+    crow = torch.zeros(rows.numel() + 1, dtype=torch.long)
+    torch.cumsum(p.indptr.index_select(0, rows + 1) - p.indptr.index_select(0, rows), 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, column, weight, (rows.numel(), halo.numel())), halo
 
 
 def gather_items(embeddings: Tensor, view: PartView) -> Tensor:
@@ -338,24 +367,32 @@ def gather_items(embeddings: Tensor, view: PartView) -> Tensor:
     return items
 
 
+def _evaluated_rows(view: PartView, max_users: int) -> Tensor:
+    """Local rows of this part's users that evaluation scores (all, or those in the global sample)."""
+    rows = torch.arange(view.num_owned_users)
+    mask = evaluated_users(view.partition.num_users, max_users)
+    return rows if mask is None else rows[mask[view.partition.nodes[: view.num_owned_users]]]
+
+
 @torch.no_grad()
 def evaluate_partitioned(embeddings: Tensor, view: PartView, split: str, ks: tuple[int, ...], *,
-                         batch_size: int) -> dict[str, float]:
+                         batch_size: int, max_users: int = 0) -> dict[str, float]:
     """Full-ranking metrics of this worker's users against all items, summed over workers."""
     items = gather_items(embeddings, view)
     exclude = [view.train] + ([view.val] if split == "test" else [])
     truth = view.split(split)
-    sums = evaluate_ranking(embeddings[: view.num_owned_users], items, torch.arange(view.num_owned_users),
+    sums = evaluate_ranking(embeddings[: view.num_owned_users], items, _evaluated_rows(view, max_users),
                             [(s.indptr, s.indices) for s in exclude], (truth.indptr, truth.indices),
                             list(ks), batch_size=batch_size)
     return finalize(dist.all_reduce_sum(sums))
 
 
-def popularity_partitioned(view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int) -> dict[str, float]:
+def popularity_partitioned(view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int,
+                           max_users: int = 0) -> dict[str, float]:
     exclude = [view.train] + ([view.val] if split == "test" else [])
     truth = view.split(split)
     item_degree = view.degree[view.partition.num_users:].to(torch.float32)
-    sums = evaluate_popularity(item_degree, torch.arange(view.num_owned_users),
+    sums = evaluate_popularity(item_degree, _evaluated_rows(view, max_users),
                                [(s.indptr, s.indices) for s in exclude], (truth.indptr, truth.indices),
                                list(ks), batch_size=batch_size)
     return finalize(dist.all_reduce_sum(sums))
@@ -386,7 +423,7 @@ def partitioned_step(model: nn.Module, batch: Data, view: PartView, job: TrainJo
     adj_t = None
     if job.model.name != "mf":
         adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], view.degree)
-    out = model.propagate(x, adj_t)
+    out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
     p = view.partition
     user_rows = global_to_local(p, n_id[batch.src_index])
     loss = link_loss(out, lambda local: x[local], batch, job, item_log_q,
@@ -462,12 +499,13 @@ def partitioned_train_loop(job: TrainJobConfig, run_dir: Path, *, report: Report
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         log.info("resumed from %s at epoch %d", restore.folder, start_epoch)
 
+    held_mb = {k: v / 2**20 for k, v in held_bytes(view, model).items()}
     traffic = Traffic()
     fanouts = list(job.sampler.num_neighbors) if job.model.name != "mf" else []
     sampler = PartitionedNeighborSampler(view.partition, fanouts, replace=job.sampler.replace,
                                          seed=job.run.seed + 7919 * rank + start_epoch, traffic=traffic)
     torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batch order per rank
-    edges = view.partition.train_edges.clone()
+    edges = view.partition.train_edges
     loader = link_loader(sampler, view.partition.node_part.numel(), edges, job)
     steps = dist.all_reduce_min(len(loader))  # every batch runs collectives: equal steps everywhere
     if job.optim.max_steps_per_epoch:
@@ -496,13 +534,14 @@ def partitioned_train_loop(job: TrainJobConfig, run_dir: Path, *, report: Report
             loss_sum += partitioned_step(model, batch, view, job, item_log_q, optimizers, traffic)
         train_s = time.perf_counter() - t0
         totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps, **_traffic_delta(before, traffic)})
-        record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"],
+        record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"], "steps": steps,
                                   "train_s": round(dist.all_reduce_max(train_s), 3),
                                   "traffic": _traffic_summary(totals, steps, world_size)}
         if (epoch + 1) % job.eval.every == 0 or epoch == job.optim.epochs - 1:
             t1 = time.perf_counter()
             emb = partitioned_embeddings(model, view, cosine=cosine)
-            record["eval"] = evaluate_partitioned(emb, view, split, job.eval.ks, batch_size=job.eval.batch_size)
+            record["eval"] = evaluate_partitioned(emb, view, split, job.eval.ks, batch_size=job.eval.batch_size,
+                                                  max_users=job.eval.max_users)
             record["eval_split"] = split
             record["eval_s"] = round(dist.all_reduce_max(time.perf_counter() - t1), 3)
             if best is None or split == "test" or record["eval"][metric] > best["value"]:
@@ -524,10 +563,13 @@ def partitioned_train_loop(job: TrainJobConfig, run_dir: Path, *, report: Report
             break
 
     dist.barrier()
+    training_peak = peak_rss_mb()
     best_info = load_shard(run_dir / SHARDS_DIR, model, view)
     emb = partitioned_embeddings(model, view, cosine=cosine)
-    test = evaluate_partitioned(emb, view, "test", job.eval.ks, batch_size=job.eval.batch_size)
-    popularity = popularity_partitioned(view, "test", job.eval.ks, batch_size=job.eval.batch_size)
+    test = evaluate_partitioned(emb, view, "test", job.eval.ks, batch_size=job.eval.batch_size,
+                                max_users=job.eval.max_users)
+    popularity = popularity_partitioned(view, "test", job.eval.ks, batch_size=job.eval.batch_size,
+                                        max_users=job.eval.max_users)
     peak = peak_rss_mb()
     results = {"model": job.model.name, "best_epoch": best_info["epoch"], "test": test,
                "popularity_test": popularity, "epochs_run": len(history),
@@ -535,6 +577,8 @@ def partitioned_train_loop(job: TrainJobConfig, run_dir: Path, *, report: Report
                "partitioned": True, "peak_rss_mb_per_worker": dist.all_reduce_max(peak),
                # what the worker added to a bare process: part, routing arrays, embeddings, buffers
                "peak_rss_mb_above_start": dist.all_reduce_max(peak - rss_before_mb),
+               "peak_rss_mb_training": dist.all_reduce_max(training_peak),
+               "held_mb": {k: dist.all_reduce_max(v) for k, v in held_mb.items()},
                "traffic_per_step": history[-1]["traffic"] if history else {}}
     if rank == 0:
         write_json_atomic(results, run_dir / RESULTS_FILE)

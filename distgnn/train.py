@@ -143,7 +143,10 @@ def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph
     adj_t = None
     if job.model.name != "mf":
         adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], graph.degree).to(device)
-    out = model(n_id.to(device), adj_t)
+    if job.model.name == "lightgcn":  # only the seeds' outputs are needed: skip the rest (trimmed)
+        out = model(n_id.to(device), adj_t, batch.num_sampled_nodes)
+    else:
+        out = model(n_id.to(device), adj_t)
     return link_loss(out, lambda local: raw_model.ego(n_id[local].to(device)), batch, job, item_log_q,
                      lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
                      num_users=graph.num_users)
@@ -203,28 +206,41 @@ def final_embeddings(model: nn.Module, graph: Graph, loss: str, *, chunk_size: i
 
 @torch.no_grad()
 def evaluate(embeddings: Tensor, graph: Graph, split: str, ks: tuple[int, ...], *,
-             batch_size: int) -> dict[str, float]:
+             batch_size: int, max_users: int = 0) -> dict[str, float]:
     """Full-ranking metrics on ``split`` ('val' or 'test') from ``[N, d]`` node embeddings: this
-    rank's share of users, summed over ranks. Seen items are excluded: training items, plus
-    validation items when testing."""
+    rank's share of users (all, or the sample of ``max_users``), summed over ranks. Seen items are
+    excluded: training items, plus validation items when testing."""
     emb = embeddings
-    users = _my_users(graph, split)
+    users = _my_users(graph, split, max_users)
     sums = evaluate_ranking(emb[: graph.num_users], emb[graph.num_users:], users, _exclude(graph, split),
                             _truth(graph, split), list(ks), batch_size=batch_size)
     return finalize(dist.all_reduce_sum(sums))
 
 
 def evaluate_popularity_baseline(graph: Graph, split: str, ks: tuple[int, ...], *,
-                                 batch_size: int) -> dict[str, float]:
+                                 batch_size: int, max_users: int = 0) -> dict[str, float]:
     item_degree = graph.degree[graph.num_users:].to(torch.float32)
-    sums = evaluate_popularity(item_degree, _my_users(graph, split), _exclude(graph, split),
+    sums = evaluate_popularity(item_degree, _my_users(graph, split, max_users), _exclude(graph, split),
                                _truth(graph, split), list(ks), batch_size=batch_size)
     return finalize(dist.all_reduce_sum(sums))
 
 
-def _my_users(graph: Graph, split: str) -> Tensor:
+def _my_users(graph: Graph, split: str, max_users: int = 0) -> Tensor:
     users = torch.nonzero(graph.split(split).counts > 0).flatten()
+    mask = evaluated_users(graph.num_users, max_users)
+    if mask is not None:
+        users = users[mask[users]]
     return users[dist.rank()::dist.world_size()]
+
+
+def evaluated_users(num_users: int, max_users: int, seed: int = 0) -> Tensor | None:
+    """``[U]`` bool mask of the fixed random sample of ``max_users`` users that evaluation scores
+    (the same on every worker and every epoch), or None to score every user."""
+    if not 0 < max_users < num_users:
+        return None
+    mask = torch.zeros(num_users, dtype=torch.bool)
+    mask[torch.randperm(num_users, generator=torch.Generator().manual_seed(seed))[:max_users]] = True
+    return mask
 
 
 def _exclude(graph: Graph, split: str) -> list[tuple[Tensor, Tensor]]:
@@ -314,7 +330,8 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
             model.eval()
             t1 = time.perf_counter()
             emb = final_embeddings(raw_model, graph, job.optim.loss)
-            record["eval"] = evaluate(emb, graph, split, job.eval.ks, batch_size=job.eval.batch_size)
+            record["eval"] = evaluate(emb, graph, split, job.eval.ks, batch_size=job.eval.batch_size,
+                                      max_users=job.eval.max_users)
             record["eval_split"] = split
             record["eval_s"] = round(dist.all_reduce_max(time.perf_counter() - t1), 3)
             # Without a validation split the last epoch is kept: choosing by test would be cheating.
@@ -341,8 +358,9 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
     raw_model.load_state_dict(best_state["model"])
     model.eval()
     emb = final_embeddings(raw_model, graph, job.optim.loss)
-    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size)
-    popularity = evaluate_popularity_baseline(graph, "test", job.eval.ks, batch_size=job.eval.batch_size)
+    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size, max_users=job.eval.max_users)
+    popularity = evaluate_popularity_baseline(graph, "test", job.eval.ks, batch_size=job.eval.batch_size,
+                                              max_users=job.eval.max_users)
     results = {"model": job.model.name, "best_epoch": best_state["info"]["epoch"], "test": test,
                "popularity_test": popularity, "epochs_run": len(history),
                "train_s": sum(h["train_s"] for h in history), "num_workers": world_size,

@@ -73,3 +73,16 @@ def test_sampled_softmax_by_hand_and_masking():
     corrected = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0, log_q=log_q)
     z = torch.exp(torch.tensor([1.0, 0.0, 1.0]) - log_q)
     assert torch.isclose(corrected, -torch.log(z[0] / z.sum()))
+
+
+def test_trimmed_propagation_equals_full_on_the_seeds(tiny_graph):
+    """Computing each layer only for the nodes later layers read gives the seeds the same output."""
+    g = load_graph(tiny_graph)
+    torch.manual_seed(0)
+    model = LightGCN(g.num_nodes, 16, num_layers=3)
+    sub = sample_subgraph(g.indptr, g.indices, torch.tensor([0, 3, 900, 1000]), [5, 5, 5],
+                          generator=torch.Generator().manual_seed(1))
+    adj_t = sampled_adjacency(sub.node, sub.row, sub.col, g.degree)
+    full = model(sub.node, adj_t)
+    trimmed = model(sub.node, adj_t, sub.num_sampled_nodes)
+    assert trimmed.shape == (4, 16) and torch.allclose(trimmed, full[:4], atol=1e-6)
