@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -259,7 +259,6 @@ class PartView:
     num_owned_users: int
     val: ItemSets  # over local user rows 0..num_owned_users-1, item indices
     test: ItemSets
-    path: Path = field(default=Path("."))
 
     @property
     def train(self) -> ItemSets:
@@ -293,7 +292,6 @@ def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartVie
     indptr = np.load(graph_dir / "graph" / "indptr.npy", mmap_mode="r")
     degree = torch.from_numpy(np.diff(indptr))
     num_owned_users = int(torch.searchsorted(partition.nodes, partition.num_users))
-    owned_users = partition.nodes[:num_owned_users]
     held_out = {}
     for name in ("val", "test"):
         table = pq.read_table(graph_dir / f"{name}.parquet", columns=["user", "item"])
@@ -302,37 +300,50 @@ def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartVie
         keep = (row >= 0) & (row < num_owned_users)
         held_out[name] = item_sets_from_pairs(row[keep].numpy(), table["item"].to_numpy()[keep.numpy()],
                                               num_owned_users)
-    del owned_users
     return PartView(partition=partition, degree=degree, num_owned_users=num_owned_users,
-                    val=held_out["val"], test=held_out["test"], path=graph_dir)
+                    val=held_out["val"], test=held_out["test"])
 
 
 # ---------------------------------------------------------------------------------------------------
 # Exact embeddings and evaluation, partitioned
 
 
+def row_chunks(indptr: Tensor, max_entries: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, end)`` row ranges of a CSR holding at most ``max_entries`` entries each
+    (a single row longer than that gets a range of its own). Rows, not entries, are the natural
+    unit, but power-law graphs put 10^4-10^5 entries in one hub row."""
+    num_rows, bounds = indptr.numel() - 1, [0]
+    while bounds[-1] < num_rows:
+        start = bounds[-1]
+        end = int(torch.searchsorted(indptr, indptr[start] + max_entries, right=True)) - 1
+        bounds.append(min(max(end, start + 1), num_rows))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 @torch.no_grad()
-def partitioned_embeddings(model: nn.Module, view: PartView, *, cosine: bool, chunk_size: int = 65536,
+def partitioned_embeddings(model: nn.Module, view: PartView, *, cosine: bool, max_entries: int = 1 << 19,
                            traffic: Traffic | None = None) -> Tensor:
     """Exact (unsampled) output embeddings of the nodes this part owns, ``[n_p, d]``.
 
     Layer-wise, as :func:`distgnn.models.full_graph_embeddings`: each layer is materialised for every
-    node before the next, in chunks of ``chunk_size`` owned rows; for each chunk the worker fetches
-    the previous layer's rows of the chunk's neighbors from their owners and multiplies by the
-    chunk's rows of the normalised adjacency. Chunks bound the memory to a few ``[chunk, d]`` and
-    ``[chunk x degree]`` buffers. Normalised when the model scores by cosine.
+    node before the next, in chunks of owned rows holding at most ``max_entries`` adjacency entries;
+    for each chunk the worker fetches the previous layer's rows of the chunk's neighbors from their
+    owners and multiplies by the chunk's rows of the normalised adjacency. Chunks bound the extra
+    memory to a few ``[max_entries]`` index buffers and ``[max_entries, d]`` fetched rows.
+    Normalised when the model scores by cosine.
     """
     p = view.partition
     x = model.embedding.weight.detach()
     out = x
     if model.num_layers > 0:
-        # every rank runs the same number of chunks: each one is a collective
-        num_chunks = int(dist.all_reduce_max(-(-p.num_nodes // chunk_size)))
+        chunks = row_chunks(p.indptr, max_entries)
+        # every rank runs the same number of chunks (each one is a collective); spare ones are empty
+        chunks += [(p.num_nodes, p.num_nodes)] * (int(dist.all_reduce_max(len(chunks))) - len(chunks))
         out = x / (model.num_layers + 1)
         for _ in range(model.num_layers):
             layer, x = x, torch.empty_like(x)
-            for chunk in range(num_chunks):
-                rows = torch.arange(chunk * chunk_size, min((chunk + 1) * chunk_size, p.num_nodes))
+            for start, end in chunks:
+                rows = torch.arange(start, end)
                 adj_t, halo = _chunk_adjacency(view, rows)
                 x_halo, _ = fetch_rows(lambda r: layer.index_select(0, r), p, halo, traffic)
                 x[rows] = torch.sparse.mm(adj_t, x_halo)

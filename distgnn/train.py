@@ -111,6 +111,22 @@ def make_train_loader(graph: Graph, job: TrainJobConfig, edge_label_index: Tenso
     return link_loader(sampler, graph.num_nodes, edge_label_index, job)
 
 
+class ShuffledIndices(torch.utils.data.Sampler):
+    """``0 .. n-1`` in a fresh random order each epoch (torch's global generator), as
+    ``RandomSampler`` does, but handed out from the permutation tensor in chunks: RandomSampler
+    turns the whole permutation into a Python list, ~36 bytes per training edge per worker."""
+
+    def __init__(self, n: int, chunk: int = 1 << 16):
+        self.n, self.chunk = n, chunk
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for block in torch.randperm(self.n).split(self.chunk):
+            yield from block.tolist()
+
+
 def link_loader(sampler, num_nodes: int, edge_label_index: Tensor, job: TrainJobConfig) -> LinkLoader:
     """PyG's LinkLoader over ``edge_label_index`` with triplet negatives, driven by ``sampler``."""
     # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
@@ -119,7 +135,8 @@ def link_loader(sampler, num_nodes: int, edge_label_index: Tensor, job: TrainJob
     amount = 1 if job.optim.loss == "bpr" else job.optim.num_negatives
     return LinkLoader(data, link_sampler=sampler, edge_label_index=edge_label_index,
                       neg_sampling=NegativeSampling("triplet", amount=amount),
-                      batch_size=job.optim.batch_size, shuffle=True, drop_last=True)
+                      batch_size=job.optim.batch_size, sampler=ShuffledIndices(edge_label_index.shape[1]),
+                      drop_last=True)
 
 
 def positive_cells(indptr: Tensor, indices: Tensor, user_rows: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:

@@ -250,3 +250,13 @@ def test_two_ray_workers_train_on_their_parts_and_survive_a_crash(parted_graph, 
     table = load_model_state(run_dir / "model.pt")["model"]["embedding.weight"]
     assert table.shape == (load_graph(parted_graph).num_nodes, 32)
     assert json.loads((run_dir / "results.json").read_text())["test"] == results["test"]
+
+
+def test_row_chunks_bound_entries_and_cover_every_row():
+    from distgnn.partitioned import row_chunks
+
+    indptr = torch.tensor([0, 2, 3, 13, 14, 15, 16, 20])  # row 2 holds 10 entries
+    chunks = row_chunks(indptr, max_entries=4)
+    assert chunks[0] == (0, 2) and (2, 3) in chunks and chunks[-1][1] == 7
+    assert all(a == b for (_, a), (b, _) in zip(chunks, chunks[1:]))
+    assert all(int(indptr[e] - indptr[s]) <= 4 or e - s == 1 for s, e in chunks)
