@@ -1,11 +1,17 @@
 """Stage 3: exact full-graph embeddings of every user and item, as Parquet, plus FAISS indexes.
 
     python -m distgnn.export --run runs/my-run --output exports/my-run --indexes flat,ivf
+    python -m distgnn.export --run runs/my-run --output exports/my-run --workers 4   # on Ray actors
 
-The export folder (written under a temporary name, renamed when complete)::
+Embeddings are exact: layer-wise inference over the whole graph, in this process or, with
+``--workers N``, on N Ray actors that each own a range of destination rows (:mod:`distgnn.inference`).
+
+The export folder (written under a temporary name, renamed when complete; ``manifest.json`` is
+written last, so a folder without one is incomplete)::
 
     manifest.json            model, run, dims, counts, metric, test metrics recomputed from the
-                             embeddings, index parameters, checksums, distgnn version
+                             embeddings, index parameters, inference workers and time, checksums,
+                             distgnn version
     users.parquet            raw_id (string), index (int64), embedding (fixed_size_list<float32|float16>)
     items.parquet            same for items
     seen.parquet             user, item indices of every known interaction (excluded when recommending)
@@ -31,9 +37,10 @@ from distgnn.cli import configure_logging, run_command
 from distgnn.checkpoint import BEST_MODEL, load_model_state
 from distgnn.config import TrainJobConfig, build_config
 from distgnn.errors import DataError
-from distgnn.files import atomic_folder, checksums
+from distgnn.files import atomic_folder, checksums, sha256_file
 from distgnn.graph import Graph, load_graph
 from distgnn.index import build_index, save_index
+from distgnn.inference import distributed_embeddings
 from distgnn.rundir import CONFIG_FILE, RESULTS_FILE
 from distgnn.train import evaluate, final_embeddings, make_model, scoring_metric
 
@@ -59,12 +66,12 @@ def load_run(run_dir: str | Path) -> tuple[TrainJobConfig, torch.nn.Module, Grap
     return job, model, graph, state["info"]
 
 
-def embedding_table(raw_ids: pa.Array, vectors: np.ndarray, dtype: str) -> pa.Table:
-    """``raw_id, index, embedding`` with the embedding as a fixed-size list (readable anywhere)."""
-    values = vectors.astype(np.float16 if dtype == "float16" else np.float32)
-    flat = pa.array(values.reshape(-1))
-    return pa.table({"raw_id": raw_ids, "index": pa.array(np.arange(len(values), dtype=np.int64)),
-                     "embedding": pa.FixedSizeListArray.from_arrays(flat, values.shape[1])})
+def embedding_table(raw_ids: pa.Array, vectors: np.ndarray) -> pa.Table:
+    """``raw_id, index, embedding`` with the embedding as a fixed-size list (readable anywhere);
+    the list's value type is ``vectors``' dtype (float32 or float16)."""
+    flat = pa.array(vectors.reshape(-1))
+    return pa.table({"raw_id": raw_ids, "index": pa.array(np.arange(len(vectors), dtype=np.int64)),
+                     "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
 
 
 def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -76,17 +83,60 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return table["raw_id"].to_numpy(zero_copy_only=False), vectors
 
 
+def read_manifest(path: str | Path, *, verify: bool = False) -> dict:
+    """The manifest of a complete export folder. Every file it lists must exist; ``verify`` also
+    checks their sha256. An incomplete folder (a crashed export's temporary folder: the manifest is
+    written last) or a damaged one raises DataError naming the folder or file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such export folder")
+    file = path / MANIFEST
+    if not file.is_file():
+        raise DataError(f"{path}: not a complete export folder (no {MANIFEST}, which is written last); "
+                        f"run python -m distgnn.export")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{file}: not valid JSON ({err})") from None
+    for name, digest in manifest.get("checksums", {}).items():
+        if not (path / name).is_file():
+            raise DataError(f"{path}: file {name} listed in {MANIFEST} is missing")
+        if verify and sha256_file(path / name) != digest:
+            raise DataError(f"{path / name}: checksum differs from {MANIFEST}; the export is damaged")
+    return manifest
+
+
+def exact_embeddings(model: torch.nn.Module, job: TrainJobConfig, graph: Graph, *, workers: int,
+                     chunk_size: int) -> tuple[torch.Tensor, dict]:
+    """``[N, d]`` embeddings as training's ``final_embeddings`` gives them, in this process
+    (``workers=1``) or on ``workers`` Ray actors; and a record of how (for the manifest)."""
+    t0 = time.perf_counter()
+    if workers == 1:
+        emb, info = final_embeddings(model, graph, job.optim.loss, chunk_size=chunk_size, progress=True), {}
+    else:
+        emb, info = distributed_embeddings(model, job, graph, num_workers=workers, chunk_size=chunk_size,
+                                           progress=True)
+        if scoring_metric(job.optim.loss) == "cosine":  # as final_embeddings does
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+    return emb, {"workers": workers, "chunk_size": chunk_size, "embedding_s": round(time.perf_counter() - t0, 3),
+                 **info}
+
+
 def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] = ("flat", "ivf"),
-           dtype: str = "float32", chunk_size: int = 65536, use_gpu: str = "auto") -> Path:
-    """Compute, check and write an export; returns its folder."""
+           dtype: str = "float32", chunk_size: int = 65536, use_gpu: str = "auto", workers: int = 1) -> Path:
+    """Compute, check and write an export; returns its folder. ``workers > 1`` computes the
+    embeddings on that many Ray actors (:mod:`distgnn.inference`); the result is the same."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     t0 = time.perf_counter()
     job, model, graph, info = load_run(run_dir)
-    emb = final_embeddings(model, graph, job.optim.loss, chunk_size=chunk_size, progress=True)
-    user_emb, item_emb = emb[: graph.num_users], emb[graph.num_users:]
-    log.info("computed exact embeddings of %s nodes in %.1f s", f"{graph.num_nodes:,}", time.perf_counter() - t0)
+    emb, inference = exact_embeddings(model, job, graph, workers=workers, chunk_size=chunk_size)
+    log.info("computed exact embeddings of %s nodes in %.1f s (%s)", f"{graph.num_nodes:,}",
+             inference["embedding_s"], "in process" if workers == 1 else f"{workers} Ray workers")
 
     # Same protocol and code as training's final test, so the two must agree.
-    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size)
+    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size,
+                    max_users=job.eval.max_users)
     results_file = Path(run_dir) / RESULTS_FILE
     trained = json.loads(results_file.read_text())["test"] if results_file.exists() else {}
     for key, value in trained.items():
@@ -100,16 +150,19 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
         t = pq.read_table(graph.path / f"{name}.parquet", columns=["user", "item"])
         seen_user.append(t["user"].to_numpy())
         seen_item.append(t["item"].to_numpy())
+    # Round to the storage type first, so the indexes hold exactly the vectors the files hold.
+    stored = emb.numpy().astype(np.float16 if dtype == "float16" else np.float32)
+    user_vec, item_vec = stored[: graph.num_users], stored[graph.num_users:]
 
     with atomic_folder(output) as tmp:
-        pq.write_table(embedding_table(users, user_emb.numpy(), dtype), tmp / "users.parquet")
-        pq.write_table(embedding_table(items, item_emb.numpy(), dtype), tmp / "items.parquet")
+        pq.write_table(embedding_table(users, user_vec), tmp / "users.parquet")
+        pq.write_table(embedding_table(items, item_vec), tmp / "items.parquet")
         pq.write_table(pa.table({"user": np.concatenate(seen_user), "item": np.concatenate(seen_item)}),
                        tmp / "seen.parquet")
         index_info = {}
         for index_type in indexes:
             t1 = time.perf_counter()
-            index = build_index(item_emb.numpy(), index_type, metric="ip", use_gpu=use_gpu)
+            index = build_index(item_vec.astype(np.float32), index_type, metric="ip", use_gpu=use_gpu)
             save_index(index, tmp / f"index-{index_type}.faiss")
             index_info[index_type] = {"file": f"index-{index_type}.faiss", "ntotal": int(index.ntotal),
                                       "build_s": round(time.perf_counter() - t1, 3)}
@@ -126,9 +179,11 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
             "num_users": graph.num_users,
             "num_items": graph.num_items,
             "test_metrics": test,
+            "inference": inference,
             "indexes": index_info,
         }
         manifest["checksums"] = checksums(tmp)
+        # Last: a folder with a manifest is a complete one (see read_manifest).
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log.info("wrote %s in %.1f s: test %s", output, time.perf_counter() - t0,
              "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "num_users"))
@@ -148,13 +203,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="storage type of the embeddings in Parquet (default: float32)")
     parser.add_argument("--chunk-size", type=int, default=65536,
                         help="destination nodes per chunk in layer-wise inference; bounds memory (default: 65536)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="how many processes compute the embeddings: 1 = this process (default); N > 1 = "
+                             "N Ray actors, each holding a contiguous range of the graph's rows (about equal "
+                             "edges) and computing those rows of every layer. Joins the Ray cluster of "
+                             "RAY_ADDRESS when set, else starts a local Ray. The embeddings are the same "
+                             "either way (to float rounding)")
     parser.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
                         help="build FAISS indexes on a GPU: auto = when faiss sees one (default: auto)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
     configure_logging()
     use_gpu = {"auto": "auto", "true": True, "false": False}[args.use_gpu]
     return run_command(lambda: export(args.run, args.output, indexes=tuple(i for i in args.indexes.split(",") if i),
-                                      dtype=args.dtype, chunk_size=args.chunk_size, use_gpu=use_gpu) and 0)
+                                      dtype=args.dtype, chunk_size=args.chunk_size, use_gpu=use_gpu,
+                                      workers=args.workers) and 0)
 
 
 if __name__ == "__main__":

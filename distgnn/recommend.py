@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from distgnn.errors import DataError
-from distgnn.export import MANIFEST, read_embeddings
+from distgnn.export import read_embeddings, read_manifest
 from distgnn.graph import item_sets_from_pairs
 from distgnn.index import load_index, search_excluding
 
@@ -71,12 +71,12 @@ class Export:
                          "score": pa.array(D[valid].astype(np.float32))})
 
 
-def load_export(path: str | Path) -> Export:
-    """Load an export folder written by ``python -m distgnn.export``."""
+def load_export(path: str | Path, *, verify: bool = False) -> Export:
+    """Load an export folder written by ``python -m distgnn.export``. A folder without a manifest
+    (incomplete) or missing a file it lists raises DataError; ``verify`` also checks every file's
+    sha256 against the manifest."""
     path = Path(path)
-    if not (path / MANIFEST).is_file():
-        raise DataError(f"{path}: not an export folder (no {MANIFEST}); run python -m distgnn.export first")
-    manifest = json.loads((path / MANIFEST).read_text())
+    manifest = read_manifest(path, verify=verify)
     user_ids, user_emb = read_embeddings(path / "users.parquet")
     item_ids, item_emb = read_embeddings(path / "items.parquet")
     seen = pq.read_table(path / "seen.parquet")
