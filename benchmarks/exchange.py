@@ -89,8 +89,12 @@ def time_ray(n: int, dim: int, repeats: int) -> float:
             return statistics.median(times)
 
     a, b = Owner.options(max_concurrency=2).remote(), Owner.options(max_concurrency=2).remote()
-    ray.get([a.set_peer.remote(b), b.set_peer.remote(a)])
-    return max(ray.get([a.run.remote(), b.run.remote()]))
+    try:
+        ray.get([a.set_peer.remote(b), b.set_peer.remote(a)])
+        return max(ray.get([a.run.remote(), b.run.remote()]))
+    finally:  # free their CPUs for the next size's actors
+        ray.kill(a)
+        ray.kill(b)
 
 
 def main() -> None:

@@ -103,6 +103,10 @@ class OptimConfig:
     num_negatives: int = opt(1, "uniform negative items per positive, on top of the in-batch ones "
                                 "(bpr uses the first); each adds a batch's worth of softmax columns")
     temperature: float = opt(0.1, "softmax temperature on cosine scores")
+    shared_negatives: bool = opt(True, "softmax: every worker's candidate items are negatives for every "
+                                       "worker's users (gradients flow back to their owners), so the loss "
+                                       "is the one of a single process with the global batch, whatever "
+                                       "the number of workers; false = each worker's own batch only")
     batch_size: int = opt(2048, "training edges per step per worker")
     epochs: int = opt(20, "maximum epochs")
     lr: float = opt(0.01, "learning rate (Adam; SparseAdam for embedding tables)")

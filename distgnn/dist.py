@@ -45,3 +45,37 @@ def all_reduce_max(value: float) -> float:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def all_gather_uneven(x: Tensor, *, differentiable: bool = False) -> list[Tensor]:
+    """Every rank's ``x`` (``[n_r, ...]``, ``n_r`` may differ between ranks), in rank order. With
+    ``differentiable`` the gradients of the gathered copies are summed back into each rank's ``x``
+    (collective in the backward too: every rank must run it)."""
+    if not is_distributed():
+        return [x]
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])  # all_gather needs equal sizes
+    gathered = _AllGather.apply(padded) if differentiable else _AllGather.forward(None, padded)
+    return [part[:n] for part, n in zip(gathered.chunk(len(counts)), counts)]
+
+
+class _AllGather(torch.autograd.Function):
+    """``[m, ...]`` on every rank -> ``[P * m, ...]`` in rank order; backward sends each slice's
+    gradient to its rank and sums them there (a reduce-scatter, as all_to_all, which gloo has).
+    Written here because torch.distributed.nn's differentiable all_gather is deprecated and its
+    replacement is private."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        received = torch.empty_like(grad)
+        dist.all_to_all_single(received, grad.contiguous())
+        return received.view(world_size(), -1, *grad.shape[1:]).sum(0)

@@ -189,13 +189,34 @@ def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, job: Tr
         return loss + job.optim.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local, neg_local])).chunk(3))
     cand_local, inverse = torch.unique(torch.cat([pos_local, neg_index.flatten()]), return_inverse=True)
     target = inverse[: pos_local.numel()]
-    cand_nodes = n_id[cand_local]
+    cand_nodes, cand_emb = n_id[cand_local], out[cand_local.to(device)]
+    if job.optim.shared_negatives and dist.world_size() > 1:
+        cand_nodes, cand_emb = share_candidates(cand_nodes, cand_emb)
     rows, cols = positives(n_id[user_local] if user_rows is None else user_rows, cand_nodes)
     log_q = item_log_q[cand_nodes - num_users].to(device) if item_log_q is not None else None
-    loss = sampled_softmax_loss(out[user_local.to(device)], out[cand_local.to(device)], target.to(device),
+    loss = sampled_softmax_loss(out[user_local.to(device)], cand_emb, target.to(device),
                                 temperature=job.optim.temperature, masked=(rows.to(device), cols.to(device)),
                                 log_q=log_q)
     return loss + job.optim.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local])).chunk(2))
+
+
+def share_candidates(nodes: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
+    """The candidate items of every worker's batch, this worker's first and in their order (so its
+    targets' columns stay valid), each item once: node ids ``[C]`` (CPU) and embeddings ``[C, d]``.
+    A gathered item's gradient goes back to the worker that computed it. Collective: every worker
+    calls it once per step."""
+    rank = dist.rank()
+    all_nodes = dist.all_gather_uneven(nodes.to(emb.device))
+    all_emb = dist.all_gather_uneven(emb, differentiable=True)
+    order = [rank] + [r for r in range(len(all_nodes)) if r != rank]
+    all_nodes = torch.cat([all_nodes[r] for r in order]).cpu()
+    all_emb = torch.cat([emb] + [all_emb[r] for r in order[1:]])  # own rows: the local graph, no round trip
+    # keep each item's first copy: this worker's own candidates are unique and come first
+    _, inverse = torch.unique(all_nodes, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), all_nodes.numel()).scatter_reduce(
+        0, inverse, torch.arange(all_nodes.numel()), "amin")
+    keep = torch.sort(first).values
+    return all_nodes[keep], all_emb[keep.to(emb.device)]
 
 
 def candidate_log_q(item_degree: Tensor, job: TrainJobConfig) -> Tensor:

@@ -170,6 +170,51 @@ def test_partitioned_layerwise_inference_equals_whole_graph(parted_graph):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Negatives shared across workers
+
+# Each rank: its users (node ids), its candidate items (node ids; some also on the other rank) and
+# the column of each user's positive among its own candidates. Rank 1 has fewer candidates (padding).
+SHARED_CASE = {0: ([0, 1, 2], [10, 11, 12, 13], [0, 2, 3]), 1: ([3, 4, 5], [12, 14, 15], [2, 0, 0])}
+
+
+def _shared_softmax(rank, table):
+    from distgnn.losses import sampled_softmax_loss
+    from distgnn.train import share_candidates
+
+    users, cands, targets = (torch.tensor(v) for v in SHARED_CASE[rank])
+    weight = torch.nn.Parameter(table.clone())
+    nodes, cand_emb = share_candidates(cands, weight[cands])
+    loss = sampled_softmax_loss(weight[users], cand_emb, targets, temperature=0.2)
+    (loss / 2).backward()  # summed over ranks below: the average, as DDP's all-reduce makes it
+    grad = weight.grad.clone()
+    tdist.all_reduce(grad)
+    return nodes, float(loss), grad
+
+
+def test_shared_negatives_give_the_single_process_loss_and_gradients():
+    table = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    ranks = run_on_two_ranks(_shared_softmax, table)
+
+    # One process with both ranks' batches: every candidate once, every user against all of them.
+    from distgnn.losses import sampled_softmax_loss
+    users = torch.tensor(SHARED_CASE[0][0] + SHARED_CASE[1][0])
+    union = torch.tensor([10, 11, 12, 13, 14, 15])
+    positive = [SHARED_CASE[r][1][t] for r in (0, 1) for t in SHARED_CASE[r][2]]
+    targets = torch.searchsorted(union, torch.tensor(positive))
+    weight = torch.nn.Parameter(table.clone())
+    loss = sampled_softmax_loss(weight[users], weight[union], targets, temperature=0.2)
+    loss.backward()
+    loss = loss.detach()
+
+    (nodes0, loss0, grad0), (nodes1, loss1, grad1) = ranks
+    assert nodes0.tolist() == [10, 11, 12, 13, 14, 15]  # own candidates first, then the other's new ones
+    assert nodes1.tolist() == [12, 14, 15, 10, 11, 13]
+    assert (loss0 + loss1) / 2 == pytest.approx(loss.item(), rel=1e-6)
+    torch.testing.assert_close(grad0, weight.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grad1, grad0)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Training
 
 
