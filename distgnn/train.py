@@ -533,6 +533,9 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
         if job.cluster.partitioned:
             from distgnn.partition import verify_partitions
 
+            if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights are not sharded
+                raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn "
+                                  f"and mf, not {job.model.name!r}")
             verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))
     if job.cluster.partitioned:
