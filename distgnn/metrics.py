@@ -21,7 +21,7 @@ Users without any truth item are skipped entirely and not counted in ``num_users
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -71,8 +71,13 @@ def topk_items(
     """
     if user_emb.shape[0] != users.numel():
         raise ValueError(f"user_emb has {user_emb.shape[0]} rows but users has {users.numel()} entries")
-    num_items = item_emb.shape[0]
-    scores = user_emb @ item_emb.T
+    return topk_of_scores(user_emb @ item_emb.T, users, exclude, k)
+
+
+def topk_of_scores(scores: Tensor, users: Tensor, exclude: Sequence[CSR], k: int) -> Tensor:
+    """:func:`topk_items` from ready scores ``[B, num_items]`` (overwritten in place): for scorers
+    that are not an inner product, such as item-kNN."""
+    num_items = scores.shape[1]
     for indptr, indices in exclude:
         # gather where the CSR lives and move only the selected entries, not the whole CSR
         segment, position = csr_row_positions(indptr, users.to(indptr.device))
@@ -204,6 +209,21 @@ def evaluate_ranking(
     Returns:
         The sums of :func:`ranking_sums` over all chunks (float64 scalars, on the truth CSR's device).
     """
+    return evaluate_scorer(lambda chunk: user_emb[chunk.to(user_emb.device)] @ item_emb.T, users, exclude, truth,
+                           ks, batch_size=batch_size, progress=progress)
+
+
+def evaluate_scorer(
+    score: Callable[[Tensor], Tensor],
+    users: Tensor,
+    exclude: Sequence[CSR],
+    truth: CSR,
+    ks: Sequence[int],
+    *,
+    batch_size: int = 1024,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """:func:`evaluate_ranking` for any scorer: ``score(users [B]) -> [B, num_items]`` scores."""
     ks = _check_ks(ks)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -219,8 +239,7 @@ def evaluate_ranking(
         starts = tqdm(starts, desc="evaluate", unit="chunk")
     for start in starts:
         chunk = users[start:start + batch_size]
-        chunk_emb = user_emb[chunk.to(user_emb.device)]
-        topk = topk_items(chunk_emb, item_emb, chunk, exclude, max(ks))
+        topk = topk_of_scores(score(chunk), chunk, exclude, max(ks))
         sums = add_sums(sums, ranking_sums(topk, chunk, truth_indptr, truth_indices, ks))
     return sums
 

@@ -37,7 +37,8 @@ from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_fr
                             make_parser, replace_nested)
 from distgnn.graph import Graph, csr_row_positions, load_graph, verify_graph_dir
 from distgnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
-from distgnn.metrics import RANKING_METRICS, evaluate_popularity, evaluate_ranking, finalize
+from distgnn.baselines import item_knn_scores, item_knn_weights
+from distgnn.metrics import RANKING_METRICS, evaluate_popularity, evaluate_ranking, evaluate_scorer, finalize
 from distgnn.models import build_model, full_graph_embeddings, sampled_adjacency
 from distgnn.rundir import RESULTS_FILE, create_run_dir, plot_curves, read_history, results_table, write_history
 from distgnn.sampler import make_sampler
@@ -252,6 +253,19 @@ def evaluate(embeddings: Tensor, graph: Graph, split: str, ks: tuple[int, ...], 
     users = _my_users(graph, split, max_users)
     sums = evaluate_ranking(emb[: graph.num_users], emb[graph.num_users:], users, _exclude(graph, split),
                             _truth(graph, split), list(ks), batch_size=batch_size)
+    return finalize(dist.all_reduce_sum(sums))
+
+
+@torch.no_grad()
+def evaluate_item_knn_baseline(graph: Graph, split: str, ks: tuple[int, ...], *, neighbors: int,
+                               batch_size: int, max_users: int = 0, inverse_user_degree: bool = True
+                               ) -> dict[str, float]:
+    """Item-kNN (:mod:`distgnn.baselines`) under the same protocol and users as :func:`evaluate`."""
+    weights = item_knn_weights(graph.train, graph.num_items, neighbors=neighbors,
+                               inverse_user_degree=inverse_user_degree)
+    sums = evaluate_scorer(lambda users: item_knn_scores(weights, graph.train, users),
+                           _my_users(graph, split, max_users), _exclude(graph, split), _truth(graph, split),
+                           list(ks), batch_size=batch_size)
     return finalize(dist.all_reduce_sum(sums))
 
 
