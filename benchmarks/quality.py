@@ -32,6 +32,7 @@ DATASETS = {
 
 MODELS = {
     "lightgcn": {},
+    "lightgcn-nobias": {"model.item_bias": False},
     "mf": {"model.name": "mf"},
     "lightgcn-bpr": {"optim.loss": "bpr", "optim.lr": 0.005},
 }

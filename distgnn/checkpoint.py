@@ -40,7 +40,8 @@ def save_training_state(folder: Path, *, model: nn.Module, optimizers: list[torc
 def load_training_state(folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer],
                         name: str = STATE_FILE) -> dict[str, Any]:
     """Restore model and optimisers in place; returns ``{"epoch", "history", "best"}``."""
-    state = torch.load(Path(folder) / name, weights_only=False)
+    # load_state_dict moves weights and optimizer moments onto the model's device
+    state = torch.load(Path(folder) / name, weights_only=False, map_location="cpu")
     model.load_state_dict(state["model"])
     for opt, opt_state in zip(optimizers, state["optimizers"]):
         opt.load_state_dict(opt_state)
@@ -50,8 +51,9 @@ def load_training_state(folder: Path, *, model: nn.Module, optimizers: list[torc
 
 def save_model(path: Path, model: nn.Module, info: dict) -> None:
     """The weights a later stage (export) needs, plus what produced them."""
-    save_atomic({"model": model.state_dict(), "info": info}, path)
+    # CPU tensors: a model trained on a GPU must load where export and recommend run, often CPU-only
+    save_atomic({"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "info": info}, path)
 
 
 def load_model_state(path: Path) -> dict[str, Any]:
-    return torch.load(path, weights_only=False)
+    return torch.load(path, weights_only=False, map_location="cpu")

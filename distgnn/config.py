@@ -85,6 +85,10 @@ class ModelConfig:
     dim: int = opt(64, "embedding dimension")
     num_layers: int = opt(3, "message-passing layers (ignored by mf)")
     use_features: bool = opt(True, "sage: feed the graph's node features, when it has them")
+    item_bias: bool = opt(False, "softmax: learn one score offset per item, added to its logits. Bounded "
+                                 "cosine scores cannot say 'popular with everyone'; the offset can. "
+                                 "Exported vectors get one more column (user 1, item temperature * "
+                                 "offset) so that inner product ranks as the model does")
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,26 @@ class OptimConfig:
     num_negatives: int = opt(1, "uniform negative items per positive, on top of the in-batch ones "
                                 "(bpr uses the first); each adds a batch's worth of softmax columns")
     temperature: float = opt(0.1, "softmax temperature on cosine scores")
+    log_q: bool = opt(True, "softmax: subtract the log of each candidate's chance of being in the batch "
+                            "from its logit (in-batch items come in proportion to popularity), so the "
+                            "sampled loss estimates the full softmax; false = popular items are pushed "
+                            "down harder")
     shared_negatives: bool = opt(True, "softmax: every worker's candidate items are negatives for every "
                                        "worker's users (gradients flow back to their owners), so the loss "
                                        "is the one of a single process with the global batch, whatever "
                                        "the number of workers; false = each worker's own batch only")
     batch_size: int = opt(2048, "training edges per step per worker")
+    edge_sampling: str = opt("shuffle", "how an epoch draws training edges: shuffle (each edge once, so a "
+                                        "user's weight grows with their degree) or user_uniform (a "
+                                        "uniform user, then one of their edges, as many draws as edges: "
+                                        "every user weighs the same, as in the per-user metrics)",
+                             choices=("shuffle", "user_uniform"))
     epochs: int = opt(20, "maximum epochs")
     lr: float = opt(0.01, "learning rate (Adam; SparseAdam for embedding tables)")
+    lr_schedule: str = opt("constant", "learning rate over training: constant, or cosine decay from lr "
+                                       "to lr_final_fraction * lr at the end of epoch optim.epochs",
+                           choices=("constant", "cosine"))
+    lr_final_fraction: float = opt(0.0, "cosine schedule: the last step's learning rate as a fraction of lr")
     l2: float = opt(1e-4, "L2 penalty on the embeddings of the batch (LightGCN's regulariser)")
     max_steps_per_epoch: int = opt(0, "cap on steps per epoch, 0 = a full pass over the worker's edges")
     time_budget_min: float = opt(0.0, "stop before an epoch that would end past this many minutes of "

@@ -42,7 +42,7 @@ from distgnn.graph import Graph, load_graph
 from distgnn.index import build_index, save_index
 from distgnn.inference import distributed_embeddings
 from distgnn.rundir import CONFIG_FILE, RESULTS_FILE
-from distgnn.train import evaluate, final_embeddings, make_model, scoring_metric
+from distgnn.train import evaluate, final_embeddings, make_model, scoring_metric, scoring_vectors
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,11 @@ def exact_embeddings(model: torch.nn.Module, job: TrainJobConfig, graph: Graph, 
     (``workers=1``) or on ``workers`` Ray actors; and a record of how (for the manifest)."""
     t0 = time.perf_counter()
     if workers == 1:
-        emb, info = final_embeddings(model, graph, job.optim.loss, chunk_size=chunk_size, progress=True), {}
+        emb, info = final_embeddings(model, graph, job, chunk_size=chunk_size, progress=True), {}
     else:
         emb, info = distributed_embeddings(model, job, graph, num_workers=workers, chunk_size=chunk_size,
                                            progress=True)
-        if scoring_metric(job.optim.loss) == "cosine":  # as final_embeddings does
-            emb = torch.nn.functional.normalize(emb, dim=-1)
+        emb = scoring_vectors(emb, model, job, graph.num_users)  # as final_embeddings does
     return emb, {"workers": workers, "chunk_size": chunk_size, "embedding_s": round(time.perf_counter() - t0, 3),
                  **info}
 
@@ -175,7 +174,7 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
             "dim": int(emb.shape[1]),
             "dtype": dtype,
             # Vectors are stored ready for inner-product search (already normalised for cosine).
-            "metric": scoring_metric(job.optim.loss),
+            "metric": scoring_metric(job),
             "num_users": graph.num_users,
             "num_items": graph.num_items,
             "test_metrics": test,

@@ -22,7 +22,8 @@ def l2_penalty(*ego: Tensor) -> Tensor:
 
 
 def sampled_softmax_loss(user: Tensor, items: Tensor, target: Tensor, *, temperature: float,
-                         masked: tuple[Tensor, Tensor] | None = None, log_q: Tensor | None = None) -> Tensor:
+                         masked: tuple[Tensor, Tensor] | None = None, log_q: Tensor | None = None,
+                         item_bias: Tensor | None = None) -> Tensor:
     """Softmax cross-entropy of each user's positive against the other items of the batch.
 
     Scores are cosine similarities divided by ``temperature``. The candidate items are all items
@@ -36,13 +37,19 @@ def sampled_softmax_loss(user: Tensor, items: Tensor, target: Tensor, *, tempera
             training positives of that user); a target cell listed there is kept.
         log_q: optional ``[C]`` log of each candidate's sampling probability, subtracted from the
             logits to correct the popularity bias of in-batch negatives (Yi et al., RecSys 2019).
+        item_bias: optional ``[C]`` learned offset of each candidate, added to its logits.
     """
     u = F.normalize(user, dim=-1) / temperature
     v = F.normalize(items, dim=-1)
+    offset = None
+    if item_bias is not None:
+        offset = item_bias.to(v.dtype)
     if log_q is not None:
-        # one extra column folds the [B, C] subtraction into the matmul: <[u, -1], [v, log_q]>
-        u = torch.cat([u, u.new_full((u.shape[0], 1), -1.0)], dim=1)
-        v = torch.cat([v, log_q[:, None].to(v.dtype)], dim=1)
+        offset = -log_q.to(v.dtype) if offset is None else offset - log_q.to(v.dtype)
+    if offset is not None:
+        # one extra column folds the [B, C] addition into the matmul: <[u, 1], [v, offset]>
+        u = torch.cat([u, u.new_ones((u.shape[0], 1))], dim=1)
+        v = torch.cat([v, offset[:, None]], dim=1)
     logits = u @ v.T
     if masked is not None:
         rows, cols = masked

@@ -189,14 +189,21 @@ class BipartiteSAGE(nn.Module):
 
 
 def build_model(name: str, *, num_nodes: int, dim: int, num_layers: int,
-                features: Tensor | None = None) -> nn.Module:
+                features: Tensor | None = None, item_bias: bool = False) -> nn.Module:
     if name == "lightgcn":
-        return LightGCN(num_nodes, dim, num_layers)
-    if name == "mf":
-        return MF(num_nodes, dim)
-    if name == "sage":
-        return BipartiteSAGE(num_nodes, dim, num_layers, features)
-    raise ValueError(f"unknown model {name!r}")
+        model = LightGCN(num_nodes, dim, num_layers)
+    elif name == "mf":
+        model = MF(num_nodes, dim)
+    elif name == "sage":
+        model = BipartiteSAGE(num_nodes, dim, num_layers, features)
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    if item_bias:
+        # One logit offset per node, indexed by node id like the embeddings (users' rows stay unused
+        # and zero). Sparse and named *embedding so that SparseAdam updates only the batch's rows.
+        model.bias_embedding = nn.Embedding(num_nodes, 1, sparse=True)
+        nn.init.zeros_(model.bias_embedding.weight)
+    return model
 
 
 @torch.no_grad()

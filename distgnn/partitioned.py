@@ -48,7 +48,8 @@ from distgnn.rundir import RESULTS_FILE, write_history
 from distgnn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
 from distgnn.train import (ReportFn, Restored, _flat, _log_epoch, _maybe_crash, _report_with_checkpoint,
                            candidate_log_q, check_metric, evaluated_users, link_loader, link_loss,
-                           make_optimizers, over_budget, peak_rss_mb, positive_cells, scoring_metric)
+                           make_optimizers, over_budget, peak_rss_mb, positive_cells, positive_draw_weights,
+                           scheduled_lr, scoring_metric, set_lr)
 
 log = logging.getLogger(__name__)
 
@@ -418,6 +419,8 @@ def make_sharded_model(job: TrainJobConfig, view: PartView) -> nn.Module:
     if job.model.name not in ("lightgcn", "mf"):
         raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, "
                           f"not {job.model.name!r}")
+    if job.model.item_bias:
+        raise ConfigError("config key 'model.item_bias': not supported with cluster.partitioned")
     num_layers = 0 if job.model.name == "mf" else job.model.num_layers
     if num_layers and len(job.sampler.num_neighbors) != num_layers:
         raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "
@@ -525,10 +528,12 @@ def partitioned_train_loop(job: TrainJobConfig, run_dir: Path, *, report: Report
         raise ConfigError(f"config key 'optim.batch_size': {job.optim.batch_size} exceeds the training "
                           f"edges of part {rank} ({edges.shape[1]}); use fewer parts or smaller batches")
     item_log_q = None
-    if job.optim.loss == "softmax":
-        item_log_q = candidate_log_q(view.degree[view.partition.num_users:], job)
+    if job.optim.loss == "softmax" and job.optim.log_q:
+        num_users = view.partition.num_users
+        item_log_q = candidate_log_q(positive_draw_weights(edges, num_users, view.degree.numel() - num_users,
+                                                           job.optim.edge_sampling), job)
     split = "val" if dist.all_reduce_sum({"n": view.val.counts.sum()})["n"] > 0 else "test"
-    metric, cosine = job.eval.metric, scoring_metric(job.optim.loss) == "cosine"
+    metric, cosine = job.eval.metric, scoring_metric(job) == "cosine"
     log.info("%d worker(s) on %d parts, part %d: %s nodes, %s training edges, %d steps of %d per epoch",
              world_size, view.partition.num_parts, rank, f"{view.partition.num_nodes:,}",
              f"{edges.shape[1]:,}", steps, job.optim.batch_size)
@@ -541,7 +546,8 @@ def partitioned_train_loop(job: TrainJobConfig, run_dir: Path, *, report: Report
         _maybe_crash(job, run_dir, epoch)
         t0, before = time.perf_counter(), Traffic(**traffic.as_dict())
         loss_sum = torch.zeros((), dtype=torch.float64)
-        for _, batch in zip(range(steps), loader):
+        for step, batch in zip(range(steps), loader):
+            set_lr(optimizers, scheduled_lr(job, (epoch + step / steps) / job.optim.epochs))
             loss_sum += partitioned_step(model, batch, view, job, item_log_q, optimizers, traffic)
         train_s = time.perf_counter() - t0
         totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps, **_traffic_delta(before, traffic)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -80,8 +81,11 @@ def make_model(job: TrainJobConfig, graph: Graph) -> nn.Module:
     if num_layers and len(job.sampler.num_neighbors) != num_layers:
         raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "
                           f"(one per layer of model.num_layers), got {len(job.sampler.num_neighbors)}")
+    if job.model.item_bias and job.optim.loss != "softmax":
+        raise ConfigError("config key 'model.item_bias': needs optim.loss softmax (a BPR model's dot "
+                          "products carry popularity in their norms)")
     return build_model(job.model.name, num_nodes=graph.num_nodes, dim=job.model.dim,
-                       num_layers=num_layers, features=features)
+                       num_layers=num_layers, features=features, item_bias=job.model.item_bias)
 
 
 def shard_edges(graph: Graph, rank: int, world_size: int, seed: int) -> Tensor:
@@ -100,6 +104,22 @@ def make_optimizers(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
     if dense:
         opts.append(torch.optim.Adam(dense, lr=lr))
     return opts
+
+
+def scheduled_lr(job: TrainJobConfig, progress: float) -> float:
+    """Learning rate at ``progress`` (fraction of ``optim.epochs`` done, in [0, 1]). A pure function
+    of progress rather than a stateful scheduler, so a resumed run continues the same curve."""
+    o = job.optim
+    if o.lr_schedule == "constant":
+        return o.lr
+    final = o.lr * o.lr_final_fraction
+    return final + (o.lr - final) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
 
 
 def make_train_loader(graph: Graph, job: TrainJobConfig, edge_label_index: Tensor, seed: int) -> LinkLoader:
@@ -128,6 +148,22 @@ class ShuffledIndices(torch.utils.data.Sampler):
             yield from block.tolist()
 
 
+class UserUniformIndices(torch.utils.data.Sampler):
+    """``n`` draws of edge indices, each edge with probability ``1 / (num users * its user's edge
+    count)``: a uniform user, then a uniform one of their edges (LightGCN's own sampling)."""
+
+    def __init__(self, users: Tensor, chunk: int = 1 << 16):
+        self.n, self.chunk = users.numel(), chunk
+        self.weights = edge_draw_weights(users, "user_uniform")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for block in torch.multinomial(self.weights, self.n, replacement=True).split(self.chunk):
+            yield from block.tolist()
+
+
 def link_loader(sampler, num_nodes: int, edge_label_index: Tensor, job: TrainJobConfig) -> LinkLoader:
     """PyG's LinkLoader over ``edge_label_index`` with triplet negatives, driven by ``sampler``."""
     # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
@@ -136,8 +172,32 @@ def link_loader(sampler, num_nodes: int, edge_label_index: Tensor, job: TrainJob
     amount = 1 if job.optim.loss == "bpr" else job.optim.num_negatives
     return LinkLoader(data, link_sampler=sampler, edge_label_index=edge_label_index,
                       neg_sampling=NegativeSampling("triplet", amount=amount),
-                      batch_size=job.optim.batch_size, sampler=ShuffledIndices(edge_label_index.shape[1]),
+                      batch_size=job.optim.batch_size, sampler=edge_order(edge_label_index, job),
                       drop_last=True)
+
+
+def edge_draw_weights(users: Tensor, edge_sampling: str) -> Tensor:
+    """``[E]`` float64 weight of each training edge (its user node given) in an epoch's draws, up to
+    a constant: 1 under shuffle, 1 / its user's edge count under user_uniform."""
+    if edge_sampling == "user_uniform":
+        return 1.0 / torch.bincount(users)[users].to(torch.float64)
+    return torch.ones(users.numel(), dtype=torch.float64)
+
+
+def positive_draw_weights(edge_label_index: Tensor, num_users: int, num_items: int,
+                          edge_sampling: str) -> Tensor:
+    """``[num_items]`` how often the epoch's draws bring each item in as a positive, up to a
+    constant: its edge count under shuffle, the sum of its users' 1 / edge count under user_uniform.
+    The in-batch half of the log-Q correction must follow the sampling actually used."""
+    users, items = edge_label_index
+    return torch.bincount(items - num_users, weights=edge_draw_weights(users, edge_sampling),
+                          minlength=num_items)
+
+
+def edge_order(edge_label_index: Tensor, job: TrainJobConfig) -> torch.utils.data.Sampler:
+    if job.optim.edge_sampling == "user_uniform":
+        return UserUniformIndices(edge_label_index[0])
+    return ShuffledIndices(edge_label_index.shape[1])
 
 
 def positive_cells(indptr: Tensor, indices: Tensor, user_rows: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,14 +225,17 @@ def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph
         out = model(n_id.to(device), adj_t, batch.num_sampled_nodes)
     else:
         out = model(n_id.to(device), adj_t)
+    bias = getattr(raw_model, "bias_embedding", None)
     return link_loss(out, lambda local: raw_model.ego(n_id[local].to(device)), batch, job, item_log_q,
                      lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
-                     num_users=graph.num_users)
+                     num_users=graph.num_users,
+                     item_bias=None if bias is None else lambda nodes: bias(nodes.to(device)).squeeze(-1))
 
 
 def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, job: TrainJobConfig,
               item_log_q: Tensor | None, positives: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], *,
-              num_users: int, user_rows: Tensor | None = None) -> Tensor:
+              num_users: int, user_rows: Tensor | None = None,
+              item_bias: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """BPR or sampled-softmax loss of a batch from the subgraph's output embeddings ``out [n, d]``.
 
     Args:
@@ -180,6 +243,7 @@ def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, job: Tr
         positives: ``(user CSR rows, candidate item nodes) -> (rows, cols)`` of known positives,
             masked out of the softmax (:func:`positive_cells`).
         user_rows: the CSR rows of the batch's users for ``positives``; default their global ids.
+        item_bias: global item node ids ``[C]`` -> their learned logit offsets ``[C]`` (softmax only).
     """
     n_id, device = batch.n_id, out.device
     user_local, pos_local = batch.src_index, batch.dst_pos_index
@@ -197,7 +261,7 @@ def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, job: Tr
     log_q = item_log_q[cand_nodes - num_users].to(device) if item_log_q is not None else None
     loss = sampled_softmax_loss(out[user_local.to(device)], cand_emb, target.to(device),
                                 temperature=job.optim.temperature, masked=(rows.to(device), cols.to(device)),
-                                log_q=log_q)
+                                log_q=log_q, item_bias=None if item_bias is None else item_bias(cand_nodes))
     return loss + job.optim.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local])).chunk(2))
 
 
@@ -220,27 +284,46 @@ def share_candidates(nodes: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
     return all_nodes[keep], all_emb[keep.to(emb.device)]
 
 
-def candidate_log_q(item_degree: Tensor, job: TrainJobConfig) -> Tensor:
+def candidate_log_q(positive_weight: Tensor, job: TrainJobConfig) -> Tensor:
     """log of the expected number of times each item enters a batch: in-batch positives are drawn
-    in proportion to item degree, uniform negatives evenly."""
-    item_degree = item_degree.to(torch.float64)
+    in proportion to ``positive_weight`` (:func:`positive_draw_weights`), uniform negatives evenly."""
+    positive_weight = positive_weight.to(torch.float64)
     batch = job.optim.batch_size
-    expected = batch * item_degree / item_degree.sum() + batch * job.optim.num_negatives / item_degree.numel()
+    expected = (batch * positive_weight / positive_weight.sum()
+                + batch * job.optim.num_negatives / positive_weight.numel())
     return expected.clamp(min=1e-12).log().to(torch.float32)
 
 
-def scoring_metric(loss: str) -> str:
-    """How a model scores (user, item): cosine when trained with the (cosine) softmax loss, else dot."""
-    return "cosine" if loss == "softmax" else "ip"
+def scoring_metric(job: TrainJobConfig) -> str:
+    """How exported vectors compare (user, item): cosine when trained with the (cosine) softmax
+    loss, else inner product; also inner product when an item bias column is appended (the
+    vectors are then normalised already, and must not be normalised again)."""
+    if job.model.item_bias:
+        return "ip"
+    return "cosine" if job.optim.loss == "softmax" else "ip"
+
+
+def scoring_vectors(emb: Tensor, model: nn.Module, job: TrainJobConfig, num_users: int) -> Tensor:
+    """``[N, d]`` model outputs -> vectors whose plain inner product ranks as the model scores:
+    normalised for cosine scoring, plus a column ``[1 | temperature * item bias]`` for a learned
+    item bias (``cos + t * b`` ranks as the logit ``cos / t + b``)."""
+    if job.optim.loss == "softmax":
+        emb = torch.nn.functional.normalize(emb, dim=-1)
+    bias = getattr(model, "bias_embedding", None)
+    if bias is None:
+        return emb
+    column = bias.weight.detach().cpu().to(emb.dtype) * job.optim.temperature
+    column[:num_users] = 1.0
+    return torch.cat([emb, column], dim=1)
 
 
 @torch.no_grad()
-def final_embeddings(model: nn.Module, graph: Graph, loss: str, *, chunk_size: int = 65536,
+def final_embeddings(model: nn.Module, graph: Graph, job: TrainJobConfig, *, chunk_size: int = 65536,
                      progress: bool = False) -> Tensor:
-    """``[N, d]`` exact embeddings, normalised when the model scores by cosine, so that a plain
-    inner product ranks as the model does (in evaluation, export and FAISS alike)."""
+    """``[N, d]`` (``d + 1`` with an item bias) exact scoring vectors: a plain inner product ranks as
+    the model does, in evaluation, export and FAISS alike (:func:`scoring_vectors`)."""
     emb = full_graph_embeddings(model, graph.indptr, graph.indices, chunk_size=chunk_size, progress=progress)
-    return torch.nn.functional.normalize(emb, dim=-1) if scoring_metric(loss) == "cosine" else emb
+    return scoring_vectors(emb, model, job, graph.num_users)
 
 
 @torch.no_grad()
@@ -351,7 +434,10 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
     if steps == 0:
         raise ConfigError(f"config key 'optim.batch_size': {job.optim.batch_size} exceeds a worker's "
                           f"{edges.shape[1]} training edges")
-    item_log_q = candidate_log_q(graph.degree[graph.num_users:], job) if job.optim.loss == "softmax" else None
+    item_log_q = None
+    if job.optim.loss == "softmax" and job.optim.log_q:
+        item_log_q = candidate_log_q(positive_draw_weights(edges, graph.num_users, graph.num_items,
+                                                           job.optim.edge_sampling), job)
     split = eval_split(graph)
     metric = job.eval.metric
     log.info("%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s", world_size,
@@ -366,14 +452,15 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
-        for _, batch in zip(range(steps), loader):
+        for step, batch in zip(range(steps), loader):
+            set_lr(optimizers, scheduled_lr(job, (epoch + step / steps) / job.optim.epochs))
             loss = batch_loss(model, raw_model, batch, graph, job, item_log_q, device)
             for opt in optimizers:
                 opt.zero_grad()
             loss.backward()
             for opt in optimizers:
                 opt.step()
-            loss_sum += loss.detach()
+            loss_sum += loss.detach().cpu()  # the device loss, on the CPU the reductions use
         totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps})
         record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"],
                                   # the slowest rank's time, so every rank keeps the same history
@@ -381,7 +468,7 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
         if (epoch + 1) % job.eval.every == 0 or epoch == job.optim.epochs - 1:
             model.eval()
             t1 = time.perf_counter()
-            emb = final_embeddings(raw_model, graph, job.optim.loss)
+            emb = final_embeddings(raw_model, graph, job)
             record["eval"] = evaluate(emb, graph, split, job.eval.ks, batch_size=job.eval.batch_size,
                                       max_users=job.eval.max_users)
             record["eval_split"] = split
@@ -406,10 +493,10 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
             break
 
     dist.barrier()  # rank 0 has written the best model
-    best_state = torch.load(run_dir / BEST_MODEL, weights_only=False)
+    best_state = torch.load(run_dir / BEST_MODEL, weights_only=False, map_location="cpu")
     raw_model.load_state_dict(best_state["model"])
     model.eval()
-    emb = final_embeddings(raw_model, graph, job.optim.loss)
+    emb = final_embeddings(raw_model, graph, job)
     test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size, max_users=job.eval.max_users)
     popularity = evaluate_popularity_baseline(graph, "test", job.eval.ks, batch_size=job.eval.batch_size,
                                               max_users=job.eval.max_users)
@@ -550,6 +637,8 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
             if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights are not sharded
                 raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn "
                                   f"and mf, not {job.model.name!r}")
+            if job.model.item_bias:  # its rows are not sharded or exchanged yet
+                raise ConfigError("config key 'model.item_bias': not supported with cluster.partitioned")
             verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))
     if job.cluster.partitioned:

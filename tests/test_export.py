@@ -15,7 +15,7 @@ import torch
 import distgnn
 from distgnn.errors import DataError
 from distgnn.files import _HOST, remove_stale_siblings
-from distgnn.export import export, main as export_main, read_embeddings
+from distgnn.export import export, load_run, main as export_main, read_embeddings
 from distgnn.graph import load_graph
 from distgnn.inference import distributed_embeddings, row_ranges
 from distgnn.models import full_graph_embeddings
@@ -46,6 +46,26 @@ def test_export_reproduces_training_test_metrics(trained_run, exported):
     for key, value in results["test"].items():
         assert abs(manifest["test_metrics"][key] - value) <= 1e-4, key
     assert manifest["metric"] == "cosine" and set(manifest["indexes"]) == {"flat", "ivf", "hnsw"}
+
+
+def test_item_bias_is_exported_as_an_extra_column_that_ranks_as_the_model(tiny_graph, tmp_path):
+    job = tiny_job(tiny_graph, **{"optim.epochs": 2, "model.item_bias": True, "optim.temperature": 0.2})
+    run_dir = create_run_dir(job, str(tmp_path), "run")
+    results = train_loop(job, run_dir)
+    out = export(run_dir, tmp_path / "exp", indexes=("flat",))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metric"] == "ip" and manifest["dim"] == 33
+    for key, value in results["test"].items():
+        assert abs(manifest["test_metrics"][key] - value) <= 1e-4, key
+    # the exported inner product is temperature * (the training logit cos / t + b)
+    _, model, graph, _ = load_run(run_dir)
+    bias = model.bias_embedding.weight.detach()[graph.num_users:, 0]
+    assert bias.abs().max() > 0  # it was trained
+    emb = torch.nn.functional.normalize(full_graph_embeddings(model, graph.indptr, graph.indices), dim=-1)
+    logits = emb[:5] @ emb[graph.num_users:].T / 0.2 + bias
+    _, users = read_embeddings(out / "users.parquet")
+    _, items = read_embeddings(out / "items.parquet")
+    assert np.allclose(users[:5] @ items.T, 0.2 * logits.numpy(), atol=1e-5)
 
 
 def test_embeddings_readable_with_plain_pyarrow(exported, tiny_graph):

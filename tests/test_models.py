@@ -73,6 +73,14 @@ def test_sampled_softmax_by_hand_and_masking():
     corrected = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0, log_q=log_q)
     z = torch.exp(torch.tensor([1.0, 0.0, 1.0]) - log_q)
     assert torch.isclose(corrected, -torch.log(z[0] / z.sum()))
+    # a learned item offset adds to the (corrected) logits; cosines are divided by the temperature
+    bias = torch.tensor([-0.3, 0.2, 1.5], requires_grad=True)
+    biased = sampled_softmax_loss(user, 3 * items, torch.tensor([0]), temperature=0.5, log_q=log_q,
+                                  item_bias=bias)
+    z = torch.exp(torch.tensor([1.0, 0.0, 1.0]) / 0.5 + bias.detach() - log_q)
+    assert torch.isclose(biased, -torch.log(z[0] / z.sum()))
+    biased.backward()  # d loss / d b = softmax - one-hot target
+    assert torch.allclose(bias.grad, z / z.sum() - torch.tensor([1.0, 0.0, 0.0]))
 
 
 def test_trimmed_propagation_equals_full_on_the_seeds(tiny_graph):

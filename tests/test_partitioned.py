@@ -268,6 +268,9 @@ def test_partition_mismatch_is_refused_before_training(parted_graph, tmp_path, c
     code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true", "--model.name", "sage",
                        "--cluster.num_workers", "2", "--run.output_dir", str(tmp_path / "runs")])
     assert code == 2 and "not 'sage'" in capsys.readouterr().err
+    code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true", "--model.item_bias", "true",
+                       "--cluster.num_workers", "2", "--run.output_dir", str(tmp_path / "runs")])
+    assert code == 2 and "model.item_bias" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

@@ -6,7 +6,8 @@ import torch
 from distgnn.config import TrainJobConfig, load_config
 from distgnn.graph import load_graph
 from distgnn.rundir import create_run_dir, read_history
-from distgnn.train import launch, positive_cells, shard_edges, train_loop
+from distgnn.train import (UserUniformIndices, candidate_log_q, launch, positive_cells, positive_draw_weights,
+                           scheduled_lr, shard_edges, train_loop)
 
 
 def tiny_job(graph, **overrides) -> TrainJobConfig:
@@ -52,6 +53,58 @@ def test_trained_model_beats_popularity_on_planted_data(tiny_graph, tmp_path, mo
     assert history[-1]["loss"] < history[0]["loss"]
 
 
+@pytest.mark.parametrize("overrides", [
+    {"optim.log_q": False},
+    {"optim.edge_sampling": "user_uniform", "optim.lr_schedule": "cosine"},
+    {"model.item_bias": True},
+])
+def test_loss_and_schedule_options_still_learn(tiny_graph, tmp_path, overrides):
+    job = tiny_job(tiny_graph, **overrides)
+    results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
+    assert results["test"]["recall@20"] > 1.4 * results["popularity_test"]["recall@20"]
+
+
+def test_cosine_schedule_by_hand():
+    job = load_config(TrainJobConfig, **{"optim.lr": 0.02, "optim.lr_schedule": "cosine",
+                                         "optim.lr_final_fraction": 0.1})
+    assert scheduled_lr(job, 0.0) == pytest.approx(0.02)
+    assert scheduled_lr(job, 0.5) == pytest.approx((0.02 + 0.002) / 2)
+    assert scheduled_lr(job, 1.0) == pytest.approx(0.002)
+    assert scheduled_lr(job, 1.7) == pytest.approx(0.002)  # past the horizon: stays at the floor
+    constant = load_config(TrainJobConfig, **{"optim.lr": 0.02})
+    assert scheduled_lr(constant, 0.0) == scheduled_lr(constant, 0.9) == 0.02
+
+
+def test_user_uniform_draws_weigh_every_user_the_same():
+    users = torch.tensor([0] * 30 + [1] * 3 + [2])  # degrees 30, 3 and 1
+    torch.manual_seed(0)
+    drawn = torch.cat([users[torch.tensor(list(UserUniformIndices(users)))] for _ in range(300)])
+    assert drawn.numel() == 300 * users.numel()
+    share = torch.bincount(drawn, minlength=3) / drawn.numel()
+    assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.02), share
+    # within a user, their edges are drawn evenly
+    first_user = torch.cat([torch.tensor(list(UserUniformIndices(users))) for _ in range(300)])
+    first_user = first_user[first_user < 30]
+    assert torch.bincount(first_user, minlength=30).float().div(first_user.numel()).sub(1 / 30).abs().max() < 0.015
+
+
+def test_log_q_follows_the_edge_sampling():
+    # 2 users, 3 items (nodes 2, 3, 4): user 0 has item 0 only, user 1 has items 0, 1 and 2
+    edges = torch.tensor([[0, 1, 1, 1], [2, 2, 3, 4]])
+    shuffle = positive_draw_weights(edges, 2, 3, "shuffle")
+    uniform = positive_draw_weights(edges, 2, 3, "user_uniform")
+    # shuffle: item 0 is 2 of 4 edges; user_uniform: item 0 = 1/2 + 1/2 * 1/3, items 1 and 2 = 1/6
+    assert torch.allclose(shuffle / shuffle.sum(), torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
+    assert torch.allclose(uniform / uniform.sum(), torch.tensor([2 / 3, 1 / 6, 1 / 6], dtype=torch.float64))
+    torch.manual_seed(0)
+    drawn = torch.cat([edges[1, torch.tensor(list(UserUniformIndices(edges[0])))] for _ in range(3000)]) - 2
+    assert torch.allclose(torch.bincount(drawn).double() / drawn.numel(), uniform / uniform.sum(), atol=0.01)
+    # expected batch count: 4 positives drawn by weight, plus 4 * 2 uniform negatives over 3 items
+    job = load_config(TrainJobConfig, **{"optim.batch_size": 4, "optim.num_negatives": 2})
+    expected = 4 * torch.tensor([2 / 3, 1 / 6, 1 / 6]) + 8 / 3
+    assert torch.allclose(candidate_log_q(uniform, job), expected.log())
+
+
 def test_early_stopping_and_best_checkpoint(tiny_graph, tmp_path):
     job = tiny_job(tiny_graph, **{"optim.epochs": 30, "eval.patience": 2, "optim.lr": 0.2})
     results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
@@ -65,6 +118,9 @@ def test_bad_fanout_length_is_a_config_error(tiny_graph, tmp_path):
     job = tiny_job(tiny_graph, **{"sampler.num_neighbors": "5"})
     with pytest.raises(ValueError, match="sampler.num_neighbors"):
         train_loop(job, create_run_dir(job, str(tmp_path), "run"))
+    job = tiny_job(tiny_graph, **{"model.item_bias": True, "optim.loss": "bpr"})
+    with pytest.raises(ValueError, match="model.item_bias"):
+        train_loop(job, create_run_dir(job, str(tmp_path), "run2"))
 
 
 @pytest.fixture(scope="module")
