@@ -115,6 +115,14 @@ class OptimConfig:
                                        "worker's users (gradients flow back to their owners), so the loss "
                                        "is the one of a single process with the global batch, whatever "
                                        "the number of workers; false = each worker's own batch only")
+    hard_negative_pool: int = opt(1, "mine hard negatives: each uniform negative becomes the best-scoring "
+                                     "of this many uniform draws, scored by the exact model of the "
+                                     "epoch's start (dynamic negative sampling); 1 = plain uniform. The "
+                                     "log-Q correction still counts negatives as uniform", minimum=1)
+    contrastive_weight: float = opt(0.0, "lightgcn: weight of a SimGCL contrastive term (two noisy views of "
+                                         "the batch's users and items, InfoNCE between them); 0 = off")
+    contrastive_noise: float = opt(0.1, "SimGCL: norm of the noise added to each layer's output")
+    contrastive_temperature: float = opt(0.2, "SimGCL: temperature of the InfoNCE between the views")
     batch_size: int = opt(2048, "training edges per step per worker")
     edge_sampling: str = opt("shuffle", "how an epoch draws training edges: shuffle (each edge once, so a "
                                         "user's weight grows with their degree) or user_uniform (a "
@@ -236,6 +244,9 @@ def _check_choice(key: str, value: Any, f: dataclasses.Field) -> None:
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"config key '{key}': expected one of {', '.join(choices)}, got {value!r}")
+    minimum = f.metadata.get("minimum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"config key '{key}': expected at least {minimum}, got {value!r}")
 
 
 def build_config(cls: type, values: dict[str, Any], prefix: str = "") -> Any:

@@ -56,3 +56,10 @@ def sampled_softmax_loss(user: Tensor, items: Tensor, target: Tensor, *, tempera
         keep = cols != target[rows]
         logits = logits.index_put((rows[keep], cols[keep]), logits.new_tensor(float("-inf")))
     return F.cross_entropy(logits, target)
+
+
+def info_nce(view_a: Tensor, view_b: Tensor, *, temperature: float) -> Tensor:
+    """Contrastive loss between two views of the same ``[n, d]`` nodes: row ``i`` of ``view_a``
+    should match row ``i`` of ``view_b`` (cosine over ``temperature``) against the other rows."""
+    logits = F.normalize(view_a, dim=-1) @ F.normalize(view_b, dim=-1).T / temperature
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))

@@ -102,7 +102,8 @@ class LightGCN(nn.Module):
     def forward(self, n_id: Tensor, adj_t: Tensor, hop_sizes: list[int] | None = None) -> Tensor:
         return self.propagate(self.embedding(n_id), adj_t, hop_sizes)
 
-    def propagate(self, x: Tensor, adj_t: Tensor, hop_sizes: list[int] | None = None) -> Tensor:
+    def propagate(self, x: Tensor, adj_t: Tensor, hop_sizes: list[int] | None = None, *,
+                  noise: float = 0.0) -> Tensor:
         """Layer mean of ``x`` propagated ``num_layers`` times; ``x`` holds the rows of the nodes of
         ``adj_t`` (the partitioned trainer fetches them from the workers that own them).
 
@@ -110,17 +111,25 @@ class LightGCN(nn.Module):
         nodes, numbered in that order) each layer computes only the rows later layers read (layer
         ``l`` needs nodes up to hop ``L-1-l``), and only the seeds' rows are returned: the same
         values for the seeds, with most of the sparse work skipped (the last hop holds most nodes).
+
+        ``noise > 0`` perturbs each layer's output as SimGCL does: ``x + noise * sign(x) * r / |r|``,
+        ``r`` uniform in [0, 1)^d, so a row moves by ``noise`` within its own orthant.
         """
+        def layer_output(x: Tensor) -> Tensor:
+            if noise:
+                x = x + noise * torch.sign(x) * torch.nn.functional.normalize(torch.rand_like(x), dim=-1)
+            return x
+
         if hop_sizes is None:
             out = x / (self.num_layers + 1)
             for _ in range(self.num_layers):
-                x = self.conv(x, adj_t)
+                x = layer_output(self.conv(x, adj_t))
                 out = out + x / (self.num_layers + 1)
             return out
         reach = torch.tensor(hop_sizes).cumsum(0).tolist()  # reach[h]: nodes within h hops
         out = x[: reach[0]] / (self.num_layers + 1)
         for layer in range(self.num_layers):
-            x = self.conv(x, trim_rows(adj_t, reach[self.num_layers - 1 - layer], x.shape[0]))
+            x = layer_output(self.conv(x, trim_rows(adj_t, reach[self.num_layers - 1 - layer], x.shape[0])))
             out = out + x[: reach[0]] / (self.num_layers + 1)
         return out
 

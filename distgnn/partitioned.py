@@ -47,9 +47,9 @@ from distgnn.partition import Partition, global_to_local, load_partition
 from distgnn.rundir import RESULTS_FILE, write_history
 from distgnn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
 from distgnn.train import (ReportFn, Restored, _flat, _log_epoch, _maybe_crash, _report_with_checkpoint,
-                           candidate_log_q, check_metric, evaluated_users, link_loader, link_loss,
-                           make_optimizers, over_budget, peak_rss_mb, positive_cells, positive_draw_weights,
-                           scheduled_lr, scoring_metric, set_lr)
+                           candidate_log_q, check_metric, check_partitioned_options, evaluated_users,
+                           link_loader, link_loss, make_optimizers, over_budget, peak_rss_mb, positive_cells,
+                           positive_draw_weights, scheduled_lr, scoring_metric, set_lr)
 
 log = logging.getLogger(__name__)
 
@@ -416,11 +416,7 @@ def popularity_partitioned(view: PartView, split: str, ks: tuple[int, ...], *, b
 
 def make_sharded_model(job: TrainJobConfig, view: PartView) -> nn.Module:
     """The model with an embedding table of this part's rows only (row ``i`` = ``partition.nodes[i]``)."""
-    if job.model.name not in ("lightgcn", "mf"):
-        raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, "
-                          f"not {job.model.name!r}")
-    if job.model.item_bias:
-        raise ConfigError("config key 'model.item_bias': not supported with cluster.partitioned")
+    check_partitioned_options(job)
     num_layers = 0 if job.model.name == "mf" else job.model.num_layers
     if num_layers and len(job.sampler.num_neighbors) != num_layers:
         raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "

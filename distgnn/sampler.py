@@ -289,6 +289,16 @@ def sample_negative_items(indptr: Tensor, indices: Tensor, users: Tensor, num_pe
     return neg.view(-1, num_per_user)
 
 
+def hardest_of_pools(vectors: Tensor, users: Tensor, candidates: Tensor, num_per_user: int) -> Tensor:
+    """Dynamic negative sampling (Zhang et al., SIGIR 2013): ``candidates [B, k * pool]`` holds ``k``
+    consecutive pools of draws per user; keep the best-scoring draw of each pool, scores being inner
+    products of ``vectors [N, d]`` (the model's scoring vectors). Returns ``[B, k]`` node ids."""
+    pool = candidates.shape[1] // num_per_user
+    scores = torch.bmm(vectors[candidates], vectors[users].unsqueeze(-1)).view(users.numel(), num_per_user, pool)
+    best = scores.argmax(dim=-1, keepdim=True)
+    return candidates.view(users.numel(), num_per_user, pool).gather(-1, best).squeeze(-1)
+
+
 class NeighborSampler(BaseSampler):
     """distgnn's neighbor sampler for PyG's ``NodeLoader`` and ``LinkLoader``.
 
@@ -299,6 +309,10 @@ class NeighborSampler(BaseSampler):
     Negative sampling (``LinkLoader(neg_sampling=...)``) draws items only, never a training item of
     the source user; the sources must therefore be users. Triplet mode draws ``amount`` negatives per
     positive; binary mode pairs ``ceil(amount * B)`` negatives with the batch's users, cycled.
+
+    Hard negatives: with ``hard_negative_pool > 1`` and ``scoring_vectors`` set (``[N, d]``, inner
+    product ranks as the model), each negative is the best-scoring of that many uniform draws
+    (:func:`hardest_of_pools`); the trainer refreshes the vectors as the model changes.
 
     Random numbers come from a generator seeded with ``seed``. In a ``DataLoader`` worker process it
     is reseeded from the worker's seed, so workers differ from each other and from epoch to epoch,
@@ -340,6 +354,8 @@ class NeighborSampler(BaseSampler):
             self.generator.manual_seed(seed)
         self._pid: int | None = None
         self._node_map: Tensor | None = None
+        self.hard_negative_pool = 1
+        self.scoring_vectors: Tensor | None = None
 
     def _enter_process(self) -> None:
         # The relabelling workspace is private to a process (worker copies, forked or pickled into
@@ -359,11 +375,14 @@ class NeighborSampler(BaseSampler):
                                node_map=self._node_map)
 
     def sample_negative_items(self, users: Tensor, num_per_user: int) -> Tensor:
-        """``[B, num_per_user]`` uniform negative item node ids per user, training items excluded."""
+        """``[B, num_per_user]`` negative item node ids per user, training items excluded: uniform,
+        or the hardest of pools of uniform draws (see the class notes)."""
         self._enter_process()
-        return sample_negative_items(self.indptr, self.indices, users, num_per_user,
-                                     num_users=self.num_users, num_items=self.num_items,
-                                     generator=self.generator)
+        pool = self.hard_negative_pool if self.scoring_vectors is not None else 1
+        neg = sample_negative_items(self.indptr, self.indices, users, num_per_user * pool,
+                                    num_users=self.num_users, num_items=self.num_items,
+                                    generator=self.generator)
+        return neg if pool == 1 else hardest_of_pools(self.scoring_vectors, users, neg, num_per_user)
 
     def sample_from_nodes(self, index: NodeSamplerInput, **kwargs) -> SamplerOutput:
         """Sample around ``index.node`` (distinct seeds); ``metadata = (input_id, None)``."""

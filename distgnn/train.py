@@ -37,7 +37,7 @@ from distgnn.checkpoint import (BEST_MODEL, STATE_FILE, load_training_state, sav
 from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_from_args, config_to_dict,
                             make_parser, replace_nested)
 from distgnn.graph import Graph, csr_row_positions, load_graph, verify_graph_dir
-from distgnn.losses import bpr_loss, l2_penalty, sampled_softmax_loss
+from distgnn.losses import bpr_loss, info_nce, l2_penalty, sampled_softmax_loss
 from distgnn.baselines import item_knn_scores, item_knn_weights
 from distgnn.metrics import RANKING_METRICS, evaluate_popularity, evaluate_ranking, evaluate_scorer, finalize
 from distgnn.models import build_model, full_graph_embeddings, sampled_adjacency
@@ -67,6 +67,19 @@ def node_features(graph: Graph) -> Tensor | None:
     return x
 
 
+def check_partitioned_options(job: TrainJobConfig) -> None:
+    """Fail before any training on options the partitioned path does not have."""
+    if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights are not sharded
+        raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, "
+                          f"not {job.model.name!r}")
+    if job.model.item_bias:  # its rows are not sharded or exchanged yet
+        raise ConfigError("config key 'model.item_bias': not supported with cluster.partitioned")
+    if job.optim.contrastive_weight > 0:  # its extra propagations are not wired to the row exchange
+        raise ConfigError("config key 'optim.contrastive_weight': not supported with cluster.partitioned")
+    if job.optim.hard_negative_pool > 1:  # mining needs every item's vector on every worker
+        raise ConfigError("config key 'optim.hard_negative_pool': not supported with cluster.partitioned")
+
+
 def check_metric(job: TrainJobConfig) -> None:
     """Fail before any training when ``eval.metric`` is not among the metrics ``eval.ks`` computes."""
     names = [f"{m}@{k}" for k in job.eval.ks for m in RANKING_METRICS]
@@ -81,6 +94,8 @@ def make_model(job: TrainJobConfig, graph: Graph) -> nn.Module:
     if num_layers and len(job.sampler.num_neighbors) != num_layers:
         raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "
                           f"(one per layer of model.num_layers), got {len(job.sampler.num_neighbors)}")
+    if job.optim.contrastive_weight > 0 and job.model.name != "lightgcn":
+        raise ConfigError("config key 'optim.contrastive_weight': the SimGCL term needs model.name lightgcn")
     if job.model.item_bias and job.optim.loss != "softmax":
         raise ConfigError("config key 'model.item_bias': needs optim.loss softmax (a BPR model's dot "
                           "products carry popularity in their norms)")
@@ -129,6 +144,7 @@ def make_train_loader(graph: Graph, job: TrainJobConfig, edge_label_index: Tenso
     sampler = make_sampler(graph.indptr, graph.indices, fanouts, num_users=graph.num_users,
                            num_items=graph.num_items, backend=job.sampler.backend,
                            replace=job.sampler.replace, seed=seed)
+    sampler.hard_negative_pool = job.optim.hard_negative_pool  # vectors: refreshed each epoch
     return link_loader(sampler, graph.num_nodes, edge_label_index, job)
 
 
@@ -226,10 +242,25 @@ def batch_loss(model: nn.Module, raw_model: nn.Module, batch: Data, graph: Graph
     else:
         out = model(n_id.to(device), adj_t)
     bias = getattr(raw_model, "bias_embedding", None)
-    return link_loss(out, lambda local: raw_model.ego(n_id[local].to(device)), batch, job, item_log_q,
+    loss = link_loss(out, lambda local: raw_model.ego(n_id[local].to(device)), batch, job, item_log_q,
                      lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
                      num_users=graph.num_users,
                      item_bias=None if bias is None else lambda nodes: bias(nodes.to(device)).squeeze(-1))
+    if job.optim.contrastive_weight > 0:
+        loss = loss + job.optim.contrastive_weight * contrastive_term(raw_model, n_id.to(device), adj_t, batch, job)
+    return loss
+
+
+def contrastive_term(raw_model: nn.Module, n_id: Tensor, adj_t: Tensor, batch: Data, job: TrainJobConfig) -> Tensor:
+    """SimGCL (Yu et al., SIGIR 2022) on the sampled subgraph: two propagations with noise after
+    every layer; InfoNCE between the views of the batch's users, plus the same for its positive
+    items. It spreads embeddings out (uniformity) without graph augmentation."""
+    o = job.optim
+    ego = raw_model.ego(n_id)
+    views = [raw_model.propagate(ego, adj_t, batch.num_sampled_nodes, noise=o.contrastive_noise) for _ in range(2)]
+    return sum(info_nce(views[0][rows], views[1][rows], temperature=o.contrastive_temperature)
+               for rows in (torch.unique(batch.src_index).to(n_id.device),
+                            torch.unique(batch.dst_pos_index).to(n_id.device)))
 
 
 def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, job: TrainJobConfig,
@@ -452,6 +483,10 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
         t0 = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
+        if job.optim.hard_negative_pool > 1:  # mine with the model as it is now (~0.2 s on Gowalla)
+            model.eval()
+            loader.link_sampler.scoring_vectors = final_embeddings(raw_model, graph, job)
+            model.train()
         for step, batch in zip(range(steps), loader):
             set_lr(optimizers, scheduled_lr(job, (epoch + step / steps) / job.optim.epochs))
             loss = batch_loss(model, raw_model, batch, graph, job, item_log_q, device)
@@ -634,11 +669,7 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
         if job.cluster.partitioned:
             from distgnn.partition import verify_partitions
 
-            if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights are not sharded
-                raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn "
-                                  f"and mf, not {job.model.name!r}")
-            if job.model.item_bias:  # its rows are not sharded or exchanged yet
-                raise ConfigError("config key 'model.item_bias': not supported with cluster.partitioned")
+            check_partitioned_options(job)
             verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))
     if job.cluster.partitioned:

@@ -1,7 +1,7 @@
 import torch
 
 from distgnn.graph import load_graph
-from distgnn.losses import bpr_loss, sampled_softmax_loss
+from distgnn.losses import bpr_loss, info_nce, sampled_softmax_loss
 from distgnn.models import (LightGCN, build_model, full_adjacency, full_graph_embeddings, lightgcn_edge_weight,
                             sampled_adjacency)
 from distgnn.sampler import sample_subgraph
@@ -81,6 +81,27 @@ def test_sampled_softmax_by_hand_and_masking():
     assert torch.isclose(biased, -torch.log(z[0] / z.sum()))
     biased.backward()  # d loss / d b = softmax - one-hot target
     assert torch.allclose(bias.grad, z / z.sum() - torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_info_nce_by_hand():
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    b = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    # cosines: row 0 vs (1, 0.7071), row 1 vs (0, 0.7071); targets on the diagonal
+    c = torch.tensor([[1.0, 2 ** -0.5], [0.0, 2 ** -0.5]]) / 0.5
+    expected = -(torch.log_softmax(c, dim=1).diagonal()).mean()
+    assert torch.isclose(info_nce(a, b, temperature=0.5), expected)
+
+
+def test_simgcl_noise_moves_each_layer_by_its_norm_within_the_orthant():
+    torch.manual_seed(0)
+    model = LightGCN(num_nodes=4, dim=8, num_layers=1)
+    x = torch.randn(4, 8)
+    adj_t = torch.eye(4).to_sparse_csr()  # one layer of identity propagation: layer output = x
+    clean = model.propagate(x, adj_t)
+    noisy = model.propagate(x, adj_t, noise=0.3)
+    shift = (noisy - clean) * 2  # the layer mean halves the layer's perturbation
+    assert torch.allclose(shift.norm(dim=-1), torch.full((4,), 0.3), atol=1e-5)
+    assert bool((torch.sign(shift) == torch.sign(x)).all())
 
 
 def test_trimmed_propagation_equals_full_on_the_seeds(tiny_graph):

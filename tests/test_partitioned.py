@@ -271,6 +271,12 @@ def test_partition_mismatch_is_refused_before_training(parted_graph, tmp_path, c
     code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true", "--model.item_bias", "true",
                        "--cluster.num_workers", "2", "--run.output_dir", str(tmp_path / "runs")])
     assert code == 2 and "model.item_bias" in capsys.readouterr().err
+    code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true", "--optim.hard_negative_pool",
+                       "4", "--cluster.num_workers", "2", "--run.output_dir", str(tmp_path / "runs")])
+    assert code == 2 and "optim.hard_negative_pool" in capsys.readouterr().err
+    code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true", "--optim.contrastive_weight",
+                       "0.1", "--cluster.num_workers", "2", "--run.output_dir", str(tmp_path / "runs")])
+    assert code == 2 and "optim.contrastive_weight" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 

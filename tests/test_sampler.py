@@ -19,6 +19,7 @@ from distgnn.errors import ConfigError
 from distgnn.sampler import (
     NeighborSampler,
     csr_contains,
+    hardest_of_pools,
     make_sampler,
     sample_negative_items,
     sample_neighbors,
@@ -247,6 +248,33 @@ def test_negatives_are_items_never_positives():
     neg = sample_negative_items(indptr, indices, torch.tensor([0]), 5, num_users=num_users,
                                 num_items=num_items)
     assert neg.shape == (1, 5)
+
+
+def test_hardest_of_pools_by_hand():
+    # 1-d scoring vectors: user node 0 scores item nodes 1..4 by their value times the user's
+    vectors = torch.tensor([[1.0], [0.5], [-2.0], [3.0], [0.1]])
+    users = torch.tensor([0, 0])
+    # 2 negatives per user, pools of 2 draws: [1, 2 | 3, 4] and [2, 4 | 1, 3]
+    candidates = torch.tensor([[1, 2, 3, 4], [2, 4, 1, 3]])
+    assert hardest_of_pools(vectors, users, candidates, 2).tolist() == [[1, 3], [4, 3]]
+    # a user with a negative vector prefers the lowest values
+    vectors[0] = -1.0
+    assert hardest_of_pools(vectors, users, candidates, 2).tolist() == [[2, 4], [2, 1]]
+
+
+def test_sampler_mines_hard_negatives_and_still_never_returns_positives():
+    indptr, indices, adj, num_users, num_items = random_graph()
+    sampler = NeighborSampler(indptr, indices, [2], num_users=num_users, num_items=num_items, seed=0)
+    users = torch.arange(1, num_users).repeat(20)
+    # scores: every user likes items by their id, so the hardest negatives are the highest ids
+    vectors = torch.cat([torch.ones(num_users), torch.arange(num_items, dtype=torch.float)])[:, None]
+    uniform = sampler.sample_negative_items(users, 1)
+    sampler.hard_negative_pool, sampler.scoring_vectors = 8, vectors
+    hard = sampler.sample_negative_items(users, 1)
+    assert hard.shape == uniform.shape
+    assert hard.float().mean() > uniform.float().mean() + 0.25 * num_items  # E[max of 8] vs E[uniform]
+    for u, row in zip(users.tolist(), hard.tolist()):
+        assert not adj[u] & set(row)
 
 
 def training_edges(adj, num_users: int) -> torch.Tensor:

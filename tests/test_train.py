@@ -57,6 +57,8 @@ def test_trained_model_beats_popularity_on_planted_data(tiny_graph, tmp_path, mo
     {"optim.log_q": False},
     {"optim.edge_sampling": "user_uniform", "optim.lr_schedule": "cosine"},
     {"model.item_bias": True},
+    {"optim.hard_negative_pool": 8, "optim.num_negatives": 2},
+    {"optim.contrastive_weight": 0.1},
 ])
 def test_loss_and_schedule_options_still_learn(tiny_graph, tmp_path, overrides):
     job = tiny_job(tiny_graph, **overrides)
