@@ -27,15 +27,14 @@ def run_config(config: str, graph: str, name: str, overrides: dict, out: Path) -
 
     from distgnn.cli import configure_logging
     from distgnn.config import TrainJobConfig, load_config
+    from distgnn.rundir import create_run_dir
     from distgnn.train import train_loop
 
     configure_logging()
     job = load_config(TrainJobConfig, config, **{"graph": graph, "run.name": name, "run.output_dir": str(out),
                                                   "optim.time_budget_min": 0, **overrides})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    run_dir = out / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    train_loop(job, run_dir, wrap_model=lambda m: m.to(device), device=device)
+    train_loop(job, create_run_dir(job, str(out), name), wrap_model=lambda m: m.to(device), device=device)
 
 
 def curves(out: Path, metric: str) -> list[str]:

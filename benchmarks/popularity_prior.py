@@ -5,37 +5,31 @@ prints test Recall/NDCG@K for each, nothing retrained. If a positive beta helps,
 cannot carry item popularity (bounded cosine scores cannot): train with ``--model.item_bias true``.
 Beta is read off the test split here, so use this to diagnose, never to report a result.
 
-    python -m benchmarks.popularity_prior --export exports/gowalla-L2 --graph data/gowalla
+    python -m benchmarks.popularity_prior --export exports/gowalla-L2
 """
 from __future__ import annotations
 
 import argparse
 
-import pyarrow.parquet as pq
 import torch
 
-from distgnn.export import read_embeddings
 from distgnn.graph import load_graph
+from distgnn.recommend import load_export
 from distgnn.train import evaluate
-
-
-def by_index(path: str) -> torch.Tensor:
-    """An export file's vectors in the graph's node order (its ``index`` column)."""
-    vectors = torch.from_numpy(read_embeddings(path)[1])
-    order = torch.from_numpy(pq.read_table(path, columns=["index"])["index"].to_numpy())
-    return torch.empty_like(vectors).index_copy_(0, order, vectors)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", required=True, help="export folder (python -m distgnn.export)")
-    parser.add_argument("--graph", required=True, help="the graph directory the run trained on")
+    parser.add_argument("--graph", default="", help="the graph directory the run trained on; default: the "
+                                                     "one the export's manifest names")
     parser.add_argument("--betas", default="0,0.005,0.01,0.02,0.03,0.05,0.07,0.1,0.13",
                         help="comma-separated weights of log(item degree) added to the scores")
     parser.add_argument("--k", type=int, default=20, help="cut-off K")
     args = parser.parse_args()
-    graph = load_graph(args.graph)
-    users, items = (by_index(f"{args.export}/{kind}.parquet") for kind in ("users", "items"))
+    export = load_export(args.export)
+    graph = load_graph(args.graph or export.manifest["graph"])
+    users, items = torch.from_numpy(export.user_emb), torch.from_numpy(export.item_emb)
     log_degree = graph.degree[graph.num_users:].double().clamp(min=1).log().float()
     print(f"| beta | Recall@{args.k} | NDCG@{args.k} |\n|---|---|---|")
     for beta in (float(b) for b in args.betas.split(",")):

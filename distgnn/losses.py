@@ -41,15 +41,13 @@ def sampled_softmax_loss(user: Tensor, items: Tensor, target: Tensor, *, tempera
     """
     u = F.normalize(user, dim=-1) / temperature
     v = F.normalize(items, dim=-1)
-    offset = None
-    if item_bias is not None:
-        offset = item_bias.to(v.dtype)
+    offset = item_bias
     if log_q is not None:
-        offset = -log_q.to(v.dtype) if offset is None else offset - log_q.to(v.dtype)
+        offset = -log_q if offset is None else offset - log_q
     if offset is not None:
         # one extra column folds the [B, C] addition into the matmul: <[u, 1], [v, offset]>
         u = torch.cat([u, u.new_ones((u.shape[0], 1))], dim=1)
-        v = torch.cat([v, offset[:, None]], dim=1)
+        v = torch.cat([v, offset[:, None].to(v.dtype)], dim=1)
     logits = u @ v.T
     if masked is not None:
         rows, cols = masked

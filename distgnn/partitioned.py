@@ -47,9 +47,9 @@ from distgnn.partition import Partition, global_to_local, load_partition
 from distgnn.rundir import RESULTS_FILE, write_history
 from distgnn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
 from distgnn.train import (ReportFn, Restored, _flat, _log_epoch, _maybe_crash, _report_with_checkpoint,
-                           candidate_log_q, check_metric, check_partitioned_options, evaluated_users,
-                           link_loader, link_loss, make_optimizers, over_budget, peak_rss_mb, positive_cells,
-                           positive_draw_weights, scheduled_lr, scoring_metric, set_lr)
+                           candidate_log_q, check_job, evaluated_users, link_loader, link_loss, make_optimizers,
+                           over_budget, peak_rss_mb, positive_cells, positive_draw_weights, scheduled_lr,
+                           scoring_metric, set_lr)
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,6 @@ def popularity_partitioned(view: PartView, split: str, ks: tuple[int, ...], *, b
 
 def make_sharded_model(job: TrainJobConfig, view: PartView) -> nn.Module:
     """The model with an embedding table of this part's rows only (row ``i`` = ``partition.nodes[i]``)."""
-    check_partitioned_options(job)
     num_layers = 0 if job.model.name == "mf" else job.model.num_layers
     if num_layers and len(job.sampler.num_neighbors) != num_layers:
         raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "
@@ -494,7 +493,7 @@ def partitioned_train_loop(job: TrainJobConfig, run_dir: Path, *, report: Report
     its rows of the embedding table. Same epochs, evaluation, early stopping, checkpoints and
     results; the best model is kept as one shard per part (``run_dir/model-parts/``) and joined
     into ``model.pt`` by the driver (:func:`assemble_model`)."""
-    check_metric(job)
+    check_job(job)
     rank, world_size = dist.rank(), dist.world_size()
     torch.set_num_threads(job.cluster.threads_per_worker)
     rss_before_mb = peak_rss_mb()

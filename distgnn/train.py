@@ -67,8 +67,24 @@ def node_features(graph: Graph) -> Tensor | None:
     return x
 
 
-def check_partitioned_options(job: TrainJobConfig) -> None:
-    """Fail before any training on options the partitioned path does not have."""
+def check_job(job: TrainJobConfig) -> None:
+    """Fail before any training (before Ray starts, when called by the CLI) on a config that cannot
+    run: an evaluation metric ``eval.ks`` does not compute, or options that do not go together."""
+    names = [f"{m}@{k}" for k in job.eval.ks for m in RANKING_METRICS]
+    if job.eval.metric not in names:
+        raise ConfigError(f"config key 'eval.metric': {job.eval.metric!r} is not computed with "
+                          f"eval.ks={list(job.eval.ks)} (one of {', '.join(names)})")
+    if job.optim.contrastive_weight > 0 and job.model.name != "lightgcn":
+        raise ConfigError("config key 'optim.contrastive_weight': the SimGCL term needs model.name lightgcn")
+    if job.model.item_bias and job.optim.loss != "softmax":
+        raise ConfigError("config key 'model.item_bias': needs optim.loss softmax (a BPR model's dot "
+                          "products carry popularity in their norms)")
+    if job.cluster.partitioned:
+        _check_partitioned_options(job)
+
+
+def _check_partitioned_options(job: TrainJobConfig) -> None:
+    """Options the partitioned path does not have."""
     if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights are not sharded
         raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, "
                           f"not {job.model.name!r}")
@@ -80,25 +96,12 @@ def check_partitioned_options(job: TrainJobConfig) -> None:
         raise ConfigError("config key 'optim.hard_negative_pool': not supported with cluster.partitioned")
 
 
-def check_metric(job: TrainJobConfig) -> None:
-    """Fail before any training when ``eval.metric`` is not among the metrics ``eval.ks`` computes."""
-    names = [f"{m}@{k}" for k in job.eval.ks for m in RANKING_METRICS]
-    if job.eval.metric not in names:
-        raise ConfigError(f"config key 'eval.metric': {job.eval.metric!r} is not computed with "
-                          f"eval.ks={list(job.eval.ks)} (one of {', '.join(names)})")
-
-
 def make_model(job: TrainJobConfig, graph: Graph) -> nn.Module:
     features = node_features(graph) if job.model.name == "sage" and job.model.use_features else None
     num_layers = 0 if job.model.name == "mf" else job.model.num_layers
     if num_layers and len(job.sampler.num_neighbors) != num_layers:
         raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "
                           f"(one per layer of model.num_layers), got {len(job.sampler.num_neighbors)}")
-    if job.optim.contrastive_weight > 0 and job.model.name != "lightgcn":
-        raise ConfigError("config key 'optim.contrastive_weight': the SimGCL term needs model.name lightgcn")
-    if job.model.item_bias and job.optim.loss != "softmax":
-        raise ConfigError("config key 'model.item_bias': needs optim.loss softmax (a BPR model's dot "
-                          "products carry popularity in their norms)")
     return build_model(job.model.name, num_nodes=graph.num_nodes, dim=job.model.dim,
                        num_layers=num_layers, features=features, item_bias=job.model.item_bias)
 
@@ -159,25 +162,24 @@ class ShuffledIndices(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.n
 
+    def draw(self) -> Tensor:
+        return torch.randperm(self.n)
+
     def __iter__(self):
-        for block in torch.randperm(self.n).split(self.chunk):
+        for block in self.draw().split(self.chunk):
             yield from block.tolist()
 
 
-class UserUniformIndices(torch.utils.data.Sampler):
+class UserUniformIndices(ShuffledIndices):
     """``n`` draws of edge indices, each edge with probability ``1 / (num users * its user's edge
     count)``: a uniform user, then a uniform one of their edges (LightGCN's own sampling)."""
 
     def __init__(self, users: Tensor, chunk: int = 1 << 16):
-        self.n, self.chunk = users.numel(), chunk
+        super().__init__(users.numel(), chunk)
         self.weights = edge_draw_weights(users, "user_uniform")
 
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        for block in torch.multinomial(self.weights, self.n, replacement=True).split(self.chunk):
-            yield from block.tolist()
+    def draw(self) -> Tensor:
+        return torch.multinomial(self.weights, self.n, replacement=True)
 
 
 def link_loader(sampler, num_nodes: int, edge_label_index: Tensor, job: TrainJobConfig) -> LinkLoader:
@@ -442,7 +444,7 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
 
     Returns the final results (test metrics of the model and of the popularity baseline).
     """
-    check_metric(job)
+    check_job(job)
     rank, world_size = dist.rank(), dist.world_size()
     torch.set_num_threads(job.cluster.threads_per_worker)
     torch.manual_seed(job.run.seed)  # same initial weights on every rank
@@ -481,12 +483,10 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
             break
         _maybe_crash(job, run_dir, epoch)
         t0 = time.perf_counter()
+        if job.optim.hard_negative_pool > 1:  # mine with the model as it is now (~0.2 s on Gowalla)
+            loader.link_sampler.scoring_vectors = final_embeddings(raw_model, graph, job)
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
-        if job.optim.hard_negative_pool > 1:  # mine with the model as it is now (~0.2 s on Gowalla)
-            model.eval()
-            loader.link_sampler.scoring_vectors = final_embeddings(raw_model, graph, job)
-            model.train()
         for step, batch in zip(range(steps), loader):
             set_lr(optimizers, scheduled_lr(job, (epoch + step / steps) / job.optim.epochs))
             loss = batch_loss(model, raw_model, batch, graph, job, item_log_q, device)
@@ -669,7 +669,6 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
         if job.cluster.partitioned:
             from distgnn.partition import verify_partitions
 
-            check_partitioned_options(job)
             verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))
     if job.cluster.partitioned:
@@ -704,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train_command(args, single: bool) -> int:
     job = config_from_args(TrainJobConfig, args)
-    check_metric(job)
+    check_job(job)
     job = resolve_graph(job)
     run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
     log.info("run directory: %s", run_dir)

@@ -49,7 +49,7 @@ from distgnn.config import (ConfigError, TrainJobConfig, add_config_arguments, b
                             config_to_dict, load_yaml, replace_nested)
 from distgnn.errors import DataError
 from distgnn.rundir import CONFIG_FILE, RESULTS_FILE, create_run_dir, read_history
-from distgnn.train import check_metric, resolve_graph, train_loop
+from distgnn.train import check_job, resolve_graph, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         if max_epochs < 1 or tune_args["cpus_per_trial"] <= 0:
             raise ConfigError("--max-epochs and --cpus-per-trial must be positive")
         space = load_search_space(tune_args["search"], base)
-        check_metric(base)
+        check_job(base)
         resolved = resolve_graph(base)
         check_graph(resolved)
         tune_dir = Path(tune_args["output_dir"]) / (tune_args["name"] or time.strftime("tune-%Y%m%d-%H%M%S"))

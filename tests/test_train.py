@@ -3,11 +3,15 @@ import json
 import pytest
 import torch
 
-from distgnn.config import TrainJobConfig, load_config
+from distgnn.config import TrainJobConfig, load_config, replace_nested
 from distgnn.graph import load_graph
 from distgnn.rundir import create_run_dir, read_history
-from distgnn.train import (UserUniformIndices, candidate_log_q, launch, positive_cells, positive_draw_weights,
-                           scheduled_lr, shard_edges, train_loop)
+import distgnn.sampler
+import distgnn.train
+from distgnn.losses import info_nce
+from distgnn.train import (UserUniformIndices, batch_loss, candidate_log_q, contrastive_term, launch,
+                           make_model, make_train_loader, positive_cells, positive_draw_weights, scheduled_lr,
+                           shard_edges, train_loop)
 
 
 def tiny_job(graph, **overrides) -> TrainJobConfig:
@@ -64,6 +68,62 @@ def test_loss_and_schedule_options_still_learn(tiny_graph, tmp_path, overrides):
     job = tiny_job(tiny_graph, **overrides)
     results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
     assert results["test"]["recall@20"] > 1.4 * results["popularity_test"]["recall@20"]
+
+
+def spy(monkeypatch, module, name: str, calls: list):
+    """Replace ``module.name`` by a wrapper that records ``(args, kwargs, result)`` in ``calls``."""
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((args, kwargs, result))
+        return result
+    monkeypatch.setattr(module, name, wrapper)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_options_reach_the_training_step(tiny_graph, tmp_path, monkeypatch, on):
+    """Each option changes what a step does (off: the plain step), not only the config."""
+    overrides = {"optim.epochs": 2, "optim.max_steps_per_epoch": 3, "optim.log_q": not on}
+    if on:
+        overrides.update({"model.item_bias": True, "optim.hard_negative_pool": 4, "optim.contrastive_weight": 0.1,
+                          "optim.edge_sampling": "user_uniform", "optim.lr_schedule": "cosine",
+                          "optim.lr_final_fraction": 0.1})
+    job = tiny_job(tiny_graph, **overrides)
+    losses, mined, contrastive, lrs, orders = [], [], [], [], []
+    spy(monkeypatch, distgnn.train, "sampled_softmax_loss", losses)
+    spy(monkeypatch, distgnn.sampler, "hardest_of_pools", mined)
+    spy(monkeypatch, distgnn.train, "contrastive_term", contrastive)
+    spy(monkeypatch, distgnn.train, "set_lr", lrs)
+    spy(monkeypatch, distgnn.train, "edge_order", orders)
+    train_loop(job, create_run_dir(job, str(tmp_path), "run"))
+    steps = 2 * 3
+    assert len(losses) == steps
+    # the option is log_q false: on drops the correction; item_bias on adds the offsets
+    assert all((kw["log_q"] is None) == on and (kw["item_bias"] is None) != on for _, kw, _ in losses)
+    assert len(mined) == (steps if on else 0) and len(contrastive) == (steps if on else 0)
+    rates = [args[1] for args, _, _ in lrs]
+    # one rate per step, at its progress through optim.epochs; cosine from 0.02 towards 0.002
+    assert rates == pytest.approx([scheduled_lr(job, k / steps) for k in range(steps)])
+    assert (rates[-1] < 0.005) if on else (set(rates) == {0.02})
+    assert len(orders) == 1 and isinstance(orders[0][2], UserUniformIndices) == on
+
+
+def test_contrastive_term_without_noise_is_infonce_of_the_clean_outputs(tiny_graph):
+    job = tiny_job(tiny_graph, **{"optim.contrastive_noise": 0.0, "optim.contrastive_weight": 0.5})
+    graph = load_graph(tiny_graph)
+    torch.manual_seed(0)
+    model = make_model(job, graph)
+    batch = next(iter(make_train_loader(graph, job, shard_edges(graph, 0, 1, 0), seed=0)))
+    adj_t = distgnn.train.sampled_adjacency(batch.n_id, batch.edge_index[0], batch.edge_index[1], graph.degree)
+    out = model(batch.n_id, adj_t, batch.num_sampled_nodes)
+    users, items = torch.unique(batch.src_index), torch.unique(batch.dst_pos_index)
+    expected = info_nce(out[users], out[users], temperature=0.2) + info_nce(out[items], out[items], temperature=0.2)
+    term = contrastive_term(model, batch.n_id, adj_t, batch, job)
+    assert torch.isclose(term, expected)
+    # and batch_loss adds it with its weight
+    plain = batch_loss(model, model, batch, graph, replace_nested(job, **{"optim.contrastive_weight": 0.0}), None)
+    assert torch.isclose(batch_loss(model, model, batch, graph, job, None), plain + 0.5 * expected)
 
 
 def test_cosine_schedule_by_hand():
