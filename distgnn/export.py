@@ -36,9 +36,9 @@ import distgnn
 from distgnn.cli import configure_logging, run_command
 from distgnn.checkpoint import BEST_MODEL, load_model_state
 from distgnn.config import TrainJobConfig, build_config
-from distgnn.errors import DataError
-from distgnn.files import atomic_folder, checksums, sha256_file
-from distgnn.graph import Graph, load_graph
+from distgnn.errors import ConfigError, DataError
+from distgnn.files import atomic_folder, check_replaceable, checksums, inside, sha256_file
+from distgnn.graph import Graph, load_graph, verify_graph_dir
 from distgnn.index import build_index, save_index
 from distgnn.inference import distributed_embeddings
 from distgnn.rundir import CONFIG_FILE, RESULTS_FILE
@@ -57,11 +57,22 @@ def load_run(run_dir: str | Path) -> tuple[TrainJobConfig, torch.nn.Module, Grap
             raise DataError(f"{run_dir}: not a finished training run ({name} is missing)")
     import yaml
 
-    job = build_config(TrainJobConfig, yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
+    try:
+        tree = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+    except yaml.YAMLError as err:
+        raise DataError(f"{run_dir / CONFIG_FILE}: not valid YAML ({err})") from None
+    job = build_config(TrainJobConfig, tree)
+    if not job.graph:
+        raise DataError(f"{run_dir / CONFIG_FILE}: names no graph directory (key 'graph')")
+    verify_graph_dir(job.graph)  # checksums: a damaged graph must not export degraded embeddings
     graph = load_graph(job.graph)
     model = make_model(job, graph)
     state = load_model_state(run_dir / BEST_MODEL)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise DataError(f"{run_dir / BEST_MODEL}: weights do not fit the model of {CONFIG_FILE} ({first})") from None
     model.eval()
     return job, model, graph, state["info"]
 
@@ -76,17 +87,28 @@ def embedding_table(raw_ids: pa.Array, vectors: np.ndarray) -> pa.Table:
 
 def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """``(raw_ids [n], vectors [n, d] float32)`` from an export's users/items Parquet file."""
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
+    if not {"raw_id", "embedding"} <= set(table.column_names) or \
+            not pa.types.is_fixed_size_list(table.schema.field("embedding").type):
+        raise DataError(f"{path}: expected columns raw_id and embedding (fixed-size list), got "
+                        f"{', '.join(f'{f.name}: {f.type}' for f in table.schema)}")
     emb = table["embedding"].combine_chunks()
     dim = emb.type.list_size
     vectors = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
     return table["raw_id"].to_numpy(zero_copy_only=False), vectors
 
 
+EXPORT_FILES = ("users.parquet", "items.parquet", "seen.parquet")
+
+
 def read_manifest(path: str | Path, *, verify: bool = False) -> dict:
-    """The manifest of a complete export folder. Every file it lists must exist; ``verify`` also
-    checks their sha256. An incomplete folder (a crashed export's temporary folder: the manifest is
-    written last) or a damaged one raises DataError naming the folder or file."""
+    """The manifest of a complete export folder, after checks that cost little: its structure, every
+    file it names inside the folder and of the recorded size. ``verify`` also checks every file's
+    sha256 (a read of the whole folder). An incomplete folder (a crashed export's temporary folder:
+    the manifest is written last) or a damaged one raises DataError naming the folder or file."""
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path}: no such export folder")
@@ -96,13 +118,28 @@ def read_manifest(path: str | Path, *, verify: bool = False) -> dict:
                         f"run python -m distgnn.export")
     try:
         manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{file}: not valid JSON ({err})") from None
-    for name, digest in manifest.get("checksums", {}).items():
-        if not (path / name).is_file():
+    for key, kind in (("checksums", dict), ("sizes", dict), ("indexes", dict), ("num_users", int),
+                      ("num_items", int), ("dim", int)):
+        if not isinstance(manifest.get(key), kind):
+            raise DataError(f"{file}: key '{key}' is missing or not a {kind.__name__}; the export is "
+                            "incomplete or from another tool")
+    listed = set(manifest["checksums"])
+    needed = set(EXPORT_FILES) | {entry.get("file") if isinstance(entry, dict) else None
+                                  for entry in manifest["indexes"].values()}
+    if needed - listed or listed != set(manifest["sizes"]):
+        missing = sorted(str(n) for n in (needed - listed) | (listed ^ set(manifest["sizes"])))
+        raise DataError(f"{file}: no checksum or size recorded for {', '.join(missing)}")
+    for name, digest in manifest["checksums"].items():
+        target = inside(path, name, MANIFEST)
+        if not target.is_file():
             raise DataError(f"{path}: file {name} listed in {MANIFEST} is missing")
-        if verify and sha256_file(path / name) != digest:
-            raise DataError(f"{path / name}: checksum differs from {MANIFEST}; the export is damaged")
+        if target.stat().st_size != manifest["sizes"][name]:
+            raise DataError(f"{target}: {target.stat().st_size} bytes, {MANIFEST} records "
+                            f"{manifest['sizes'][name]}; the export is truncated or damaged")
+        if verify and sha256_file(target) != digest:
+            raise DataError(f"{target}: checksum differs from {MANIFEST}; the export is damaged")
     return manifest
 
 
@@ -122,11 +159,19 @@ def exact_embeddings(model: torch.nn.Module, job: TrainJobConfig, graph: Graph, 
 
 
 def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] = ("flat", "ivf"),
-           dtype: str = "float32", chunk_size: int = 65536, use_gpu: str = "auto", workers: int = 1) -> Path:
+           dtype: str = "float32", chunk_size: int = 65536, use_gpu: str = "auto", workers: int = 1,
+           overwrite: bool = False) -> Path:
     """Compute, check and write an export; returns its folder. ``workers > 1`` computes the
-    embeddings on that many Ray actors (:mod:`distgnn.inference`); the result is the same."""
+    embeddings on that many Ray actors (:mod:`distgnn.inference`); the result is the same.
+    ``output`` is replaced only if it is an earlier export (or, with ``overwrite``, a folder
+    distgnn did not write)."""
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise ConfigError(f"--workers: expected at least 1, got {workers}")
+    if chunk_size < 1:
+        raise ConfigError(f"--chunk-size: expected at least 1 row, got {chunk_size}")
+    if not indexes:
+        raise ConfigError("--indexes: expected at least one index type")
+    check_replaceable(Path(output), "export", overwrite=overwrite)  # before the expensive part
     t0 = time.perf_counter()
     job, model, graph, info = load_run(run_dir)
     emb, inference = exact_embeddings(model, job, graph, workers=workers, chunk_size=chunk_size)
@@ -153,7 +198,7 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
     stored = emb.numpy().astype(np.float16 if dtype == "float16" else np.float32)
     user_vec, item_vec = stored[: graph.num_users], stored[graph.num_users:]
 
-    with atomic_folder(output) as tmp:
+    with atomic_folder(output, kind="export", overwrite=overwrite) as tmp:
         pq.write_table(embedding_table(users, user_vec), tmp / "users.parquet")
         pq.write_table(embedding_table(items, item_vec), tmp / "items.parquet")
         pq.write_table(pa.table({"user": np.concatenate(seen_user), "item": np.concatenate(seen_item)}),
@@ -182,6 +227,7 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
             "indexes": index_info,
         }
         manifest["checksums"] = checksums(tmp)
+        manifest["sizes"] = {name: (tmp / name).stat().st_size for name in manifest["checksums"]}
         # Last: a folder with a manifest is a complete one (see read_manifest).
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     log.info("wrote %s in %.1f s: test %s", output, time.perf_counter() - t0,
@@ -194,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Compute exact full-graph embeddings of a training run's "
                                                  "best model and build FAISS indexes over the items.")
     parser.add_argument("--run", required=True, help="run directory written by distgnn.train")
-    parser.add_argument("--output", required=True, help="export folder to write (replaced atomically)")
+    parser.add_argument("--output", required=True,
+                        help="export folder to write; written under a temporary name and renamed when complete. "
+                             "An existing folder is replaced only if it is an earlier export")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="also replace an existing non-empty folder that distgnn did not write (never a "
+                             "run or graph directory)")
     parser.add_argument("--indexes", default="flat,ivf",
                         help="comma-separated index types: flat, ivf, ivfpq, hnsw, or FAISS factory strings "
                              "(default: flat,ivf)")
@@ -211,13 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--use-gpu", default="auto", choices=("auto", "true", "false"),
                         help="build FAISS indexes on a GPU: auto = when faiss sees one (default: auto)")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
     configure_logging()
     use_gpu = {"auto": "auto", "true": True, "false": False}[args.use_gpu]
     return run_command(lambda: export(args.run, args.output, indexes=tuple(i for i in args.indexes.split(",") if i),
                                       dtype=args.dtype, chunk_size=args.chunk_size, use_gpu=use_gpu,
-                                      workers=args.workers) and 0)
+                                      workers=args.workers, overwrite=args.overwrite) and 0)
 
 
 if __name__ == "__main__":

@@ -367,7 +367,11 @@ def load_index(path: str | os.PathLike) -> faiss.Index:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such index file")
-    return faiss.read_index(path)
+    try:
+        return faiss.read_index(path)
+    except RuntimeError as err:  # FAISS reports a truncated or foreign file as a RuntimeError
+        reason = next((line for line in str(err).splitlines() if line.strip()), "unreadable")
+        raise DataError(f"{path}: not a readable FAISS index ({reason.strip()[:160]})") from None
 
 
 def build_sharded_index(

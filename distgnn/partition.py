@@ -236,7 +236,7 @@ def write_partitions(graph_dir: str | Path, num_parts: int, *, method: str = "me
     # instead of a scan of all N nodes per part.
     order = np.argsort(part, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=num_parts))])
-    with atomic_folder(graph_dir / PARTS_DIR) as tmp:
+    with atomic_folder(graph_dir / PARTS_DIR, kind="parts") as tmp:
         np.save(tmp / NODE_PART_FILE, part.astype(np.int32))
         for p in range(num_parts):
             folder = tmp / part_folder_name(p)

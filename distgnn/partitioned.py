@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from distgnn import dist
-from distgnn.checkpoint import load_training_state, save_atomic, write_json_atomic
+from distgnn.checkpoint import load_checked, load_training_state, save_checked, save_model
+from distgnn.files import write_json_atomic
 from distgnn.config import ConfigError, TrainJobConfig, config_to_dict
 from distgnn.graph import ItemSets, csr_row_positions, item_sets_from_pairs
 from distgnn.metrics import evaluate_popularity, evaluate_ranking, finalize
@@ -455,12 +456,12 @@ def partitioned_step(model: nn.Module, batch: Data, view: PartView, job: TrainJo
 
 def save_shard(folder: Path, model: nn.Module, view: PartView, info: dict) -> None:
     """This part's embedding rows with their global node ids: ``folder/part-XXX.pt``."""
-    save_atomic({"nodes": view.partition.nodes.clone(), "model": model.state_dict(), "info": info},
+    save_checked({"nodes": view.partition.nodes.clone(), "model": model.state_dict(), "info": info},
                 folder / f"part-{view.partition.part_id:03d}.pt")
 
 
 def load_shard(folder: Path, model: nn.Module, view: PartView) -> dict:
-    state = torch.load(folder / f"part-{view.partition.part_id:03d}.pt", weights_only=False)
+    state = load_checked(folder / f"part-{view.partition.part_id:03d}.pt", "model shard")
     model.load_state_dict(state["model"])
     return state["info"]
 
@@ -468,7 +469,7 @@ def load_shard(folder: Path, model: nn.Module, view: PartView) -> dict:
 def assemble_model(folder: Path, num_parts: int, out: Path) -> None:
     """Write one whole-graph ``model.pt`` (what export reads) from the per-part best shards in
     ``folder``. Runs in the driver after training: the only place where the full table is held."""
-    shards = [torch.load(folder / f"part-{p:03d}.pt", weights_only=False) for p in range(num_parts)]
+    shards = [load_checked(folder / f"part-{p:03d}.pt", "model shard") for p in range(num_parts)]
     num_nodes = sum(s["nodes"].numel() for s in shards)
     state: dict[str, Tensor] = {}
     for key in shards[0]["model"]:
@@ -480,7 +481,7 @@ def assemble_model(folder: Path, num_parts: int, out: Path) -> None:
             state[key] = table
         else:
             state[key] = first
-    save_atomic({"model": state, "info": shards[0]["info"]}, out)
+    save_model(out, state, shards[0]["info"])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 import distgnn
-from distgnn.checkpoint import write_json_atomic
+from distgnn.files import MARKER, check_plain_name, check_replaceable, write_bytes_atomic, write_json_atomic, write_marker
 from distgnn.config import config_to_dict
 
 CONFIG_FILE = "config.yaml"
@@ -43,10 +43,15 @@ def environment() -> dict[str, str]:
 
 
 def create_run_dir(config: Any, output_dir: str, name: str) -> Path:
-    """``output_dir/name`` with config.yaml and environment.json (kept from the first start on resume)."""
-    run_dir = Path(output_dir) / (name or time.strftime("run-%Y%m%d-%H%M%S"))
+    """``output_dir/name`` with config.yaml and environment.json (kept from the first start on resume).
+    ``name`` must be a plain name; an existing folder is used only if it is a distgnn run (resume)
+    or empty."""
+    run_dir = Path(output_dir) / check_plain_name(name or time.strftime("run-%Y%m%d-%H%M%S"), "config key 'run.name'")
+    check_replaceable(run_dir, "run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    if not (run_dir / MARKER).exists():
+        write_marker(run_dir, "run")
+    write_bytes_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(config_to_dict(config), sort_keys=False).encode())
     env_file = run_dir / "environment.json"
     if not env_file.exists():
         write_json_atomic(environment(), env_file)
@@ -56,9 +61,7 @@ def create_run_dir(config: Any, output_dir: str, name: str) -> Path:
 def write_history(run_dir: Path, history: list[dict]) -> None:
     """metrics.jsonl rewritten whole from the (checkpointed) history, so a resumed run never
     duplicates or loses an epoch."""
-    tmp = run_dir / (METRICS_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    tmp.replace(run_dir / METRICS_FILE)
+    write_bytes_atomic(run_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history).encode())
 
 
 def read_history(run_dir: Path) -> list[dict]:

@@ -32,8 +32,9 @@ from torch_geometric.sampler import NegativeSampling
 
 from distgnn import dist
 from distgnn.cli import configure_logging, run_command
-from distgnn.checkpoint import (BEST_MODEL, STATE_FILE, load_training_state, save_model, save_training_state,
-                                write_json_atomic)
+from distgnn.checkpoint import (BEST_MODEL, STATE_FILE, load_model_state, load_training_state, save_model,
+                                save_training_state)
+from distgnn.files import write_json_atomic
 from distgnn.config import (ConfigError, TrainJobConfig, build_config, config_from_args, config_to_dict,
                             make_parser, replace_nested)
 from distgnn.graph import Graph, csr_row_positions, load_graph, verify_graph_dir
@@ -512,7 +513,7 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
             if best is None or split == "test" or record["eval"][metric] > best["value"]:
                 best = {"epoch": epoch, "value": record["eval"][metric]}
                 if rank == 0:
-                    save_model(run_dir / BEST_MODEL, raw_model, {"epoch": epoch, metric: best["value"],
+                    save_model(run_dir / BEST_MODEL, raw_model.state_dict(), {"epoch": epoch, metric: best["value"],
                                                                  "config": config_to_dict(job)})
         history.append(record)
         spent_s += record["train_s"] + record.get("eval_s", 0.0)
@@ -528,7 +529,7 @@ def train_loop(job: TrainJobConfig, run_dir: Path, *, report: ReportFn | None = 
             break
 
     dist.barrier()  # rank 0 has written the best model
-    best_state = torch.load(run_dir / BEST_MODEL, weights_only=False, map_location="cpu")
+    best_state = load_model_state(run_dir / BEST_MODEL)
     raw_model.load_state_dict(best_state["model"])
     model.eval()
     emb = final_embeddings(raw_model, graph, job)

@@ -1,0 +1,1 @@
+"""Serving: layer-wise embeddings, FAISS indexes, export folders, top-k recommendation, HTTP."""
