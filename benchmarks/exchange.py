@@ -4,7 +4,7 @@ vs Ray actor calls, for the pattern of one step (send node ids to their owner, g
     python -m benchmarks.exchange --rows 1000,10000,100000 --dim 64
 
 Two workers, each owning half of a [2n, dim] float32 table, each asking the other for n random rows.
-gloo: :func:`distgnn.partitioned.exchange` twice (ids out, rows back), in 2 spawned processes.
+gloo: :func:`distgnn.training.partitioned.exchange` twice (ids out, rows back), in 2 spawned processes.
 Ray: worker A calls ``B.lookup.remote(ids)`` and waits for the rows (and B calls A at the same time),
 between two actors. Median of ``--repeats`` round trips, after a warm-up.
 """
@@ -29,7 +29,7 @@ def _free_port() -> int:
 def _gloo_worker(rank: int, port: int, n: int, dim: int, repeats: int, results) -> None:
     import torch.distributed as tdist
 
-    from distgnn.partitioned import exchange
+    from distgnn.training.partitioned import exchange
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

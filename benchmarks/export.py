@@ -3,7 +3,7 @@
     python -m benchmarks.export --run runs/gowalla-lightgcn --workers 1,2 --out benchmarks/out/export
 
 Each setting runs in a fresh Python process (so the driver's peak RSS is its own) through the code
-`python -m distgnn.export --workers N` uses (:func:`distgnn.export.exact_embeddings`), `--repeats`
+`python -m distgnn.export --workers N` uses (:func:`distgnn.serving.export.exact_embeddings`), `--repeats`
 times. Per setting it records: Ray start, worker start (actors spawned, graph rows loaded, adjacency
 built) and layer time separately, the whole embedding time, the largest absolute difference from the
 single-process embeddings (and whether they are bitwise equal), the driver's peak RSS and each
@@ -28,8 +28,8 @@ def run_one(run: str, workers: int, chunk_size: int, out: Path) -> dict:
     """One setting, in this process: embeddings to ``out/emb-w{workers}.npy``, figures returned."""
     import torch
 
-    from distgnn.export import exact_embeddings, load_run
-    from distgnn.train import peak_rss_mb
+    from distgnn.serving.export import exact_embeddings, load_run
+    from distgnn.training.loop import peak_rss_mb
 
     job, model, graph, _ = load_run(run)
     emb, info = exact_embeddings(model, job, graph, workers=workers, chunk_size=chunk_size)

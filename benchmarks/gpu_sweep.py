@@ -4,7 +4,7 @@
         --sweep configs/search/gowalla-sweep.jsonl --seconds 520 --out sweep-out
 
 Each line of --sweep is ``{"name": ..., "o": {dotted.key: value, ...}}``. Every config runs
-:func:`distgnn.train.train_loop` in its own process (sampling on the CPU, the model on the GPU when
+:func:`distgnn.training.loop.train_loop` in its own process (sampling on the CPU, the model on the GPU when
 there is one) until it ends or --seconds pass; the per-epoch curves are printed as a table.
 
 Why not Ray Tune: the lent GPU machines have no Ray (nothing can be installed there), and this is a
@@ -25,10 +25,10 @@ def run_config(config: str, graph: str, name: str, overrides: dict, out: Path) -
     """One config in this process (the child side of the sweep)."""
     import torch
 
-    from distgnn.cli import configure_logging
-    from distgnn.config import TrainJobConfig, load_config
-    from distgnn.rundir import create_run_dir
-    from distgnn.train import train_loop
+    from distgnn.core.cli import configure_logging
+    from distgnn.core.config import TrainJobConfig, load_config
+    from distgnn.core.rundir import create_run_dir
+    from distgnn.training.loop import train_loop
 
     configure_logging()
     job = load_config(TrainJobConfig, config, **{"graph": graph, "run.name": name, "run.output_dir": str(out),

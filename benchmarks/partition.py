@@ -4,10 +4,10 @@
     python -m benchmarks.partition                      # a small synthetic graph, as a smoke test
 
 Each (graph, method, P) runs in a fresh process (spawned), so its peak RSS is its own: the process
-loads the graph directory (memory-mapped CSR), runs :func:`distgnn.partition.partition_nodes` (timed)
-and :func:`distgnn.partition.partition_stats`. Peak RSS counts the pages of the memory-mapped CSR the
+loads the graph directory (memory-mapped CSR), runs :func:`distgnn.data.partition.partition_nodes` (timed)
+and :func:`distgnn.data.partition.partition_stats`. Peak RSS counts the pages of the memory-mapped CSR the
 run touched, and the interpreter with torch imported (the ``baseline`` column, measured after loading).
-With ``--write``, a second fresh process times the whole :func:`distgnn.partition.write_partitions`
+With ``--write``, a second fresh process times the whole :func:`distgnn.data.partition.write_partitions`
 (verify, partition, write ``parts/``, re-checksum), which leaves ``parts/`` in the graph directory.
 Prints a markdown table.
 """
@@ -38,8 +38,8 @@ def _rss_mb() -> float:
 
 def run_partition(graph_dir: str, method: str, num_parts: int, seed: int) -> dict:
     """In a fresh process: partition the graph's CSR and measure it."""
-    from distgnn.graph import load_graph
-    from distgnn.partition import partition_nodes, partition_stats
+    from distgnn.data.graph import load_graph
+    from distgnn.data.partition import partition_nodes, partition_stats
 
     graph = load_graph(graph_dir)
     baseline_mb = _rss_mb()
@@ -52,7 +52,7 @@ def run_partition(graph_dir: str, method: str, num_parts: int, seed: int) -> dic
 
 def run_write(graph_dir: str, method: str, num_parts: int, seed: int) -> dict:
     """In a fresh process: the whole write_partitions, end to end."""
-    from distgnn.partition import write_partitions
+    from distgnn.data.partition import write_partitions
 
     t0 = time.perf_counter()
     write_partitions(graph_dir, num_parts, method=method, seed=seed)
@@ -95,7 +95,7 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",")]
     graphs = args.graph
     if not graphs:
-        from distgnn.config import PrepareConfig
+        from distgnn.core.config import PrepareConfig
         from distgnn.prepare import prepare
 
         graphs = [str(prepare(PrepareConfig(output=str(Path(tempfile.mkdtemp()) / "synthetic"))))]

@@ -6,7 +6,7 @@
         --out benchmarks/out/partitioned-gowalla
 
 For each P the graph is partitioned (``--method``, default metis; skipped when ``parts/`` already holds
-P parts of that method), then ``distgnn.train`` runs with ``cluster.partitioned`` on P Ray workers:
+P parts of that method), then ``distgnn.training.loop`` runs with ``cluster.partitioned`` on P Ray workers:
 each worker loads only its part and its rows of the embedding table. The global batch is held fixed
 (``--global-batch``, split evenly over the workers), so every P trains the same way. Per P it records:
 edge cut, peak RSS per worker (whole process, and above the process's start: part + routing arrays +
@@ -25,7 +25,7 @@ from pathlib import Path
 
 
 def ensure_parts(graph: Path, num_parts: int, method: str) -> dict:
-    from distgnn.partition import write_partitions
+    from distgnn.data.partition import write_partitions
 
     meta_file = graph / "parts" / "meta.json"
     if meta_file.is_file():
@@ -36,9 +36,9 @@ def ensure_parts(graph: Path, num_parts: int, method: str) -> dict:
 
 
 def run_one(graph: Path, num_parts: int, args, out: Path) -> dict:
-    from distgnn.config import TrainJobConfig, load_config
-    from distgnn.rundir import create_run_dir
-    from distgnn.train import launch
+    from distgnn.core.config import TrainJobConfig, load_config
+    from distgnn.core.rundir import create_run_dir
+    from distgnn.training.loop import launch
 
     stats = ensure_parts(graph, num_parts, args.method)
     overrides = {"graph": str(graph.resolve()), "cluster.partitioned": True, "cluster.num_workers": num_parts,

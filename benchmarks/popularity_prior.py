@@ -13,9 +13,9 @@ import argparse
 
 import torch
 
-from distgnn.graph import load_graph
-from distgnn.recommend import load_export
-from distgnn.train import evaluate
+from distgnn.data.graph import load_graph
+from distgnn.serving.recommend import load_export
+from distgnn.training.loop import evaluate
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python -m benchmarks.quality                      # synthetic default and MovieLens-100K
     python -m benchmarks.quality --datasets ml-100k --models lightgcn,mf
 
-Each row trains with `distgnn.train.launch` (Ray Train workers, DDP) and reads the run's results.json;
+Each row trains with `distgnn.training.loop.launch` (Ray Train workers, DDP) and reads the run's results.json;
 the table goes to stdout and to --out as Markdown.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ import logging
 import time
 from pathlib import Path
 
-from distgnn.config import PrepareConfig, TrainJobConfig, load_config, replace_nested
-from distgnn.graph import load_graph
+from distgnn.core.config import PrepareConfig, TrainJobConfig, load_config, replace_nested
+from distgnn.data.graph import load_graph
 from distgnn.prepare import prepare
-from distgnn.rundir import create_run_dir
-from distgnn.train import evaluate_item_knn_baseline, launch, resolve_graph
+from distgnn.core.rundir import create_run_dir
+from distgnn.training.loop import evaluate_item_knn_baseline, launch, resolve_graph
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

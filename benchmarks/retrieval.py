@@ -2,7 +2,7 @@
 
     python -m benchmarks.retrieval [--items 1000000] [--dim 64] [--export DIR] [--out DIR] [--quick]
 
-Every index is built by ``distgnn.index.build_index`` and searched through ``distgnn.index.search``
+Every index is built by ``distgnn.serving.index.build_index`` and searched through ``distgnn.serving.index.search``
 (inner product, as the models score), one build per index and one row per search setting
 (``nprobe`` for IVF and IVF-PQ, ``ef_search`` for HNSW, set with ``set_search_params``). Per row:
 
@@ -13,7 +13,7 @@ Every index is built by ``distgnn.index.build_index`` and searched through ``dis
   the exact top-k ids that the index returns in its top-k. HNSW searches at least ``k`` deep, so its
   recall@100 is measured at ``max(ef_search, 100)``;
 - with ``--export``: Recall@20 / NDCG@20 of recommendations served from that index for every user
-  with test items, training and validation items excluded by ``distgnn.index.search_excluding``.
+  with test items, training and validation items excluded by ``distgnn.serving.index.search_excluding``.
 
 Data: (a) synthetic item and query vectors (:func:`synthetic_embeddings`) drawn from a mixture of
 Gaussian clusters with power-law sizes and a power-law popularity norm; (b) optionally a real export
@@ -44,11 +44,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from distgnn.export import read_embeddings
-from distgnn.graph import ItemSets, item_sets_from_pairs
-from distgnn.index import (build_index, choose_index_params, default_nprobe, index_factory_string, search,
+from distgnn.serving.export import read_embeddings
+from distgnn.data.graph import ItemSets, item_sets_from_pairs
+from distgnn.serving.index import (build_index, choose_index_params, default_nprobe, index_factory_string, search,
                            search_excluding, set_search_params)
-from distgnn.metrics import add_sums, finalize, ranking_sums
+from distgnn.eval.metrics import add_sums, finalize, ranking_sums
 
 log = logging.getLogger("benchmarks.retrieval")
 
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="build HNSW over only the first N synthetic items, with its own exact reference "
                              "(0: all items)")
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW efConstruction (default: distgnn's)")
-    parser.add_argument("--export", default=None, help="an export folder written by distgnn.export")
+    parser.add_argument("--export", default=None, help="an export folder written by distgnn.serving.export")
     parser.add_argument("--out", default="benchmarks/out", help="folder for the table, JSON and plot")
     parser.add_argument("--threads", type=int, default=2, help="OpenMP threads for building and batch search")
     parser.add_argument("--quick", action="store_true", help="100k items, 1024 queries, shorter sweeps")

@@ -33,7 +33,7 @@ from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
 from distgnn.prepare import build_csr
-from distgnn.sampler import NeighborSampler, sample_subgraph
+from distgnn.nn.sampler import NeighborSampler, sample_subgraph
 
 GOWALLA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gowalla" / "train.txt"
 FANOUTS = [10, 10]

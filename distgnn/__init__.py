@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 def load_export(path, *, verify=False):
     """Load an export folder for serving: ``load_export(path).recommend(user_ids, k)``; ``verify``
     also checks the files' checksums against the manifest."""
-    from distgnn.recommend import load_export as _load
+    from distgnn.serving.recommend import load_export as _load
 
     return _load(path, verify=verify)

@@ -13,7 +13,7 @@ Layout of the graph directory (all written under a temporary name, renamed when 
                                    CSR of the training graph, both directions, homogeneous numbering
                                    (users 0..U-1, items U..U+I-1), rows sorted
     features/user.npy, features/item.npy   optional float32 node features
-    parts/                         optional, with --partitions P: one folder per part (distgnn.partition)
+    parts/                         optional, with --partitions P: one folder per part (distgnn.data.partition)
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from distgnn.cli import configure_logging, run_command
-from distgnn.config import PrepareConfig, config_from_args, config_to_dict, make_parser
-from distgnn.errors import ConfigError, DataError
-from distgnn.files import atomic_folder, checksums
+from distgnn.core.cli import configure_logging, run_command
+from distgnn.core.config import PrepareConfig, config_from_args, config_to_dict, make_parser
+from distgnn.core.errors import ConfigError, DataError
+from distgnn.core.files import atomic_folder, checksums
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,198 @@ class Interactions:
     source: str
     user_features: tuple[np.ndarray, np.ndarray] | None = None  # (raw ids [n] str, values [n, F] float32)
     item_features: tuple[np.ndarray, np.ndarray] | None = None
+    # [n] int64: the 0-based data row in the source of each table row, once a filter has dropped rows
+    # (so that later errors still name the row a person finds in the file); None = the table's own order
+    rows: np.ndarray | None = None
 
 
 # ---------------------------------------------------------------------------------------------------
-# Readers
+# Errors that name the file, the row and the column
+#
+# Rows are 1-based data rows: the header is not counted, blank lines are skipped (as the CSV reader does).
+
+# What pandas, R and spreadsheets write for a missing value (pyarrow's CSV null markers) and Python's
+# str(None). As an id, such a value would silently merge every row with a missing id into one hub node.
+MISSING_ID_MARKERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                      "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null", "None")
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".lz4", ".zst", ".br")  # pyarrow decompresses these by name
+_SNIFF_BYTES = 1 << 16
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """repr of a value cut to ``limit`` characters: error lines stay one short line whatever the data."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """An Arrow or OS error message on one line (some span several lines, some quote a whole row)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_true(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    index = pc.index(mask, True).as_py()
+    return None if index < 0 else index
+
+
+def _casts(target: pa.DataType) -> Callable[[pa.ChunkedArray], bool]:
+    def ok(values: pa.ChunkedArray) -> bool:
+        try:
+            pc.cast(values, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
+        return True
+    return ok
+
+
+def _first_failing_row(values: pa.ChunkedArray, ok: Callable[[pa.ChunkedArray], bool]) -> int:
+    """Index of the first value that ``ok`` rejects, where ``ok`` rejects a slice exactly when it holds a
+    bad value (a cast) and rejects ``values`` as a whole. Arrow's cast errors name the value, not the row;
+    bisection finds the row with about 2n values checked, vectorised, and only on the error path."""
+    lo, hi = 0, len(values)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(values.slice(lo, mid - lo)):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass(frozen=True)
+class ColumnSource:
+    """Where a column came from, so that an error names the file, the data row and the column."""
+
+    path: Path | str
+    role: str  # user, item, timestamp, rating, event
+    column: str
+    rows: np.ndarray | None = None  # as Interactions.rows
+
+    def bad_value(self, index: int, expected: str, got: str) -> DataError:
+        row = int(self.rows[index]) if self.rows is not None else int(index)
+        return DataError(f"{self.path}: row {row + 1}: {self.role} column '{self.column}': expected {expected}, "
+                         f"got {got}")
+
+    def bad_type(self, type_: pa.DataType, expected: str) -> DataError:
+        return DataError(f"{self.path}: {self.role} column '{self.column}' has type {type_}, expected {expected}")
+
+
+def _refuse_nulls(values: pa.ChunkedArray, where: ColumnSource, expected: str) -> None:
+    if values.null_count:
+        raise where.bad_value(_first_true(pc.is_null(values)), expected, "an empty value")
+
+
+def _as_text(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedArray:
+    """Ids and event names as UTF-8 strings: text as it is, numbers printed (3.0 -> '3'), bytes checked to be
+    UTF-8. Lists, structs, booleans and the like are a wrong schema."""
+    type_ = values.type
+    if pa.types.is_dictionary(type_):
+        values, type_ = values.cast(type_.value_type), type_.value_type
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return values.cast(pa.string())
+    if pa.types.is_binary(type_) or pa.types.is_large_binary(type_):
+        try:
+            return pc.cast(values, pa.string())
+        except pa.ArrowInvalid:
+            # decoding as latin-1 or with replacement characters would invent ids; the user re-encodes once
+            bad = _first_failing_row(values, _casts(pa.string()))
+            raise where.bad_value(bad, "UTF-8 text (re-encode the file as UTF-8, e.g. with iconv)",
+                                  _short(values[bad].as_py())) from None
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_):
+        return pc.cast(values, pa.string())
+    raise where.bad_type(type_, "text or integer ids")
+
+
+def _id_column(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedArray:
+    """Raw ids as strings without surrounding whitespace. Empty and blank ids, NaN and missing-value markers
+    fail naming the first such row (any of them would become one hub node standing for 'unknown'), and so
+    do ids spanning lines."""
+    _refuse_nulls(values, where, "an id")
+    if pa.types.is_floating(values.type):
+        bad = _first_true(pc.invert(pc.is_finite(values)))
+        if bad is not None:
+            raise where.bad_value(bad, "an id", f"{values[bad].as_py()} (a missing value)")
+    text = _as_text(values, where)
+    stripped = pc.utf8_trim_whitespace(text)
+    bad = _first_true(pc.is_in(stripped, value_set=pa.array(MISSING_ID_MARKERS)))
+    if bad is not None:
+        what = "blank" if stripped[bad].as_py() == "" else "a missing-value marker"
+        raise where.bad_value(bad, "an id", f"{_short(text[bad].as_py())} ({what})")
+    # a quote left open in a CSV swallows the following rows into one id; no real id spans lines
+    bad = _first_true(pc.or_(pc.match_substring(stripped, "\n"), pc.match_substring(stripped, "\r")))
+    if bad is not None:
+        raise where.bad_value(bad, "an id on one line", f"{_short(text[bad].as_py())} (a quote left open?)")
+    return stripped
+
+
+def _timestamp_column(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedArray:
+    """Timestamps as int64 ordering keys. Integers keep their unit; negative ones are fine (they only order
+    events). Dates and times become whole seconds since 1970. Fractional, non-finite and out-of-int64 values
+    fail: rounding or clipping them would silently reorder events."""
+    _refuse_nulls(values, where, "a timestamp")
+    type_ = values.type
+    if pa.types.is_timestamp(type_) or pa.types.is_date(type_):
+        # whole seconds, as integer timestamps usually are; events within one second tie (the split breaks
+        # ties at random, deduplication by file order)
+        tz = type_.tz if pa.types.is_timestamp(type_) else None
+        return pc.cast(pc.cast(values, pa.timestamp("s", tz=tz), safe=False), pa.int64())
+    if not (pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_string(type_)
+            or pa.types.is_large_string(type_)):
+        raise where.bad_type(type_, "integer or date/time timestamps")
+    try:
+        return pc.cast(values, pa.int64())
+    except pa.ArrowInvalid:
+        bad = _first_failing_row(values, _casts(pa.int64()))
+        raise where.bad_value(bad, "a whole-number timestamp within int64 range", _short(values[bad].as_py())) \
+            from None
+
+
+def _rating_column(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedArray:
+    """Ratings as float32 (what training uses); NaN and inf fail, as do values float32 cannot hold."""
+    _refuse_nulls(values, where, "a rating")
+    type_ = values.type
+    if pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_):
+        ratings = pc.cast(values, pa.float32(), safe=False)  # safe casts refuse ints float32 rounds
+    elif pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        try:
+            ratings = pc.cast(values, pa.float32())
+        except pa.ArrowInvalid:
+            bad = _first_failing_row(values, _casts(pa.float32()))
+            raise where.bad_value(bad, "a number", _short(values[bad].as_py())) from None
+    else:
+        raise where.bad_type(type_, "numeric ratings")
+    bad = _first_true(pc.invert(pc.is_finite(ratings)))
+    if bad is not None:
+        raise where.bad_value(bad, "a finite rating", _short(values[bad].as_py()))
+    return ratings
+
+
+def _require_columns(path: Path | str, names: list[str], roles: dict[str, str], hint: str = "") -> None:
+    """Every named column exists, once; otherwise one line listing the columns found (the first 12)."""
+    for role, col in roles.items():
+        if col and col not in names:
+            found = ", ".join(_short(n, 30) for n in names[:12])
+            more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
+            raise DataError(f"{path}: missing {role} column '{col}' (columns found: {found}{more}){hint}")
+        if col and names.count(col) > 1:
+            raise DataError(f"{path}: {role} column '{col}' appears {names.count(col)} times, expected once")
 
 
 def _require_file(path: Path, what: str) -> Path:
     if not path.exists():
         raise DataError(f"{path}: no such file ({what})")
-    if path.is_file() and path.stat().st_size == 0:
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected {what}")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file, expected {what}")
+    if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty, expected {what}")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Readers
 
 
 def _read_delimited(path: Path, names: list[str], delimiter: str, what: str,
@@ -75,8 +256,8 @@ def _read_delimited(path: Path, names: list[str], delimiter: str, what: str,
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(column_types=types or {}),
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise DataError(f"{path}: cannot parse as {what}: {err}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        raise DataError(f"{path}: cannot parse as {what}: {_one_line(err)}") from None
 
 
 def _read_double_colon(path: Path, names: list[str], what: str) -> pa.Table:
@@ -88,61 +269,141 @@ def _read_double_colon(path: Path, names: list[str], what: str) -> pa.Table:
     bad = next((i for i, r in enumerate(rows) if r.count("\t") != len(names) - 1), None)
     if bad is not None:
         raise DataError(f"{path}: row {bad + 1}: expected {len(names)} '::'-separated fields "
-                        f"({', '.join(names)}), got {rows[bad]!r}")
+                        f"({', '.join(names)}), got {_short(rows[bad], 80)}")
     cols = list(zip(*(r.split("\t") for r in rows)))
     return pa.table({n: pa.array(c) for n, c in zip(names, cols)})
 
 
-def _interaction_table(table: pa.Table, path: Path, user: str, item: str, timestamp: str = "",
-                       rating: str = "") -> pa.Table:
-    """Select and type the interaction columns, with errors naming the file and the column."""
+def _interaction_table(table: pa.Table, path: Path | str, user: str, item: str, timestamp: str = "",
+                       rating: str = "", rows: np.ndarray | None = None) -> pa.Table:
+    """Select and type the interaction columns; errors name the file, the data row and the column."""
     if table.num_rows == 0:
         raise DataError(f"{path}: no rows, expected interactions")
-    out = {}
-    for role, col in (("user", user), ("item", item), ("timestamp", timestamp), ("rating", rating)):
-        if not col:
-            continue
-        if col not in table.column_names:
-            raise DataError(f"{path}: missing {role} column '{col}' (columns: {', '.join(table.column_names)})")
-        values = table[col]
-        if values.null_count:
-            row = pc.index(pc.is_null(values), True).as_py()
-            raise DataError(f"{path}: row {row + 1}: empty value in {role} column '{col}'")
-        target = {"user": pa.string(), "item": pa.string(), "timestamp": pa.int64(), "rating": pa.float32()}[role]
-        try:
-            out[role] = pc.cast(values, target) if role in ("user", "item") or values.type != target else values
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-            if role == "timestamp" and pa.types.is_timestamp(values.type):
-                out[role] = pc.cast(pc.cast(values, pa.timestamp("s")), pa.int64())
-                continue
-            raise DataError(f"{path}: {role} column '{col}': expected {target} values ({err})") from None
-    return pa.table(out)
+    roles = {"user": user, "item": item, "timestamp": timestamp, "rating": rating}
+    _require_columns(path, table.column_names, roles)
+    convert = {"user": _id_column, "item": _id_column, "timestamp": _timestamp_column, "rating": _rating_column}
+    return pa.table({role: convert[role](table[col], ColumnSource(path, role, col, rows))
+                     for role, col in roles.items() if col})
 
 
-def read_table_file(path: Path, cfg: PrepareConfig) -> pa.Table:
-    """A generic CSV or Parquet interaction file with configurable column names."""
+def csv_delimiter(path: Path, delimiter: str) -> str:
+    """The one-character field separator: ``auto`` is a tab for .tsv files and a comma otherwise."""
+    if delimiter == "auto":
+        return "\t" if ".tsv" in path.suffixes else ","
+    if delimiter in ("\\t", "tab"):
+        return "\t"
+    if len(delimiter) != 1 or delimiter in "\"\n\r":
+        raise ConfigError(f"config key 'delimiter': expected one character (or auto, tab), got {delimiter!r}")
+    return delimiter
+
+
+def _refuse_binary(path: Path) -> None:
+    """A NUL byte early in the file means binary data (or UTF-16 text), never UTF-8 CSV: say so rather
+    than quote garbage from a parse error. Compressed files are skipped (pyarrow decompresses them)."""
+    if path.suffix in _COMPRESSED_SUFFIXES:
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    at = head.find(b"\0")
+    if at >= 0:
+        hint = "; it is a Parquet file (--format parquet)" if head.startswith(b"PAR1") else ""
+        raise DataError(f"{path}: binary data (a NUL byte at byte {at}), expected UTF-8 CSV text{hint}")
+
+
+def _csv_options(cfg: PrepareConfig, delimiter: str, *, use_threads: bool = True,
+                 invalid_row_handler: Callable | None = None) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+    return (pacsv.ReadOptions(autogenerate_column_names=not cfg.csv_header, use_threads=use_threads),
+            pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid_row_handler))
+
+
+def _csv_parse_error(path: Path, cfg: PrepareConfig, delimiter: str, err: BaseException) -> DataError:
+    """The parse error with its row. pyarrow names the row only when reading on one thread, so the file
+    is read again that way, on this error path only, stopping at the first bad row."""
+    bad: list[pacsv.InvalidRow] = []
+
+    def record(row: pacsv.InvalidRow) -> str:
+        bad.append(row)
+        return "error"
+
+    read_opts, parse_opts = _csv_options(cfg, delimiter, use_threads=False, invalid_row_handler=record)
+    try:
+        pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError):
+        pass
+    if bad and bad[0].number is not None:
+        row = bad[0]
+        return DataError(f"{path}: cannot parse as CSV: row {row.number - int(cfg.csv_header)}: expected "
+                         f"{row.expected_columns} fields separated by {delimiter!r}, got {row.actual_columns}: "
+                         f"{_short(row.text)}")
+    return DataError(f"{path}: cannot parse as CSV: {_one_line(err)}")
+
+
+def _read_csv(path: Path, cfg: PrepareConfig, roles: dict[str, str]) -> pa.Table:
+    delimiter = csv_delimiter(path, cfg.delimiter)
+    _refuse_binary(path)
+    read_opts, parse_opts = _csv_options(cfg, delimiter)
+    # Ids and events are read as bytes: verbatim ('007' stays '007', '1e3' is not 1000.0), and checked as
+    # UTF-8 afterwards so that a bad byte names its row. Only an empty field is missing: 'NaN', 'NA' or
+    # 'null' stay visible, to be quoted in errors (a NaN rating parses as NaN and then fails as one).
+    text = {col: pa.binary() for role, col in roles.items() if col and role in ("user", "item", "event")}
+    convert_opts = pacsv.ConvertOptions(column_types=text, null_values=[""])
+    try:
+        table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise _csv_parse_error(path, cfg, delimiter, err) from None
+    except OSError as err:  # permission denied, I/O errors (pyarrow raises these as OSError)
+        raise DataError(f"{path}: cannot read: {_one_line(err)}") from None
+    try:
+        names = table.column_names
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: the header is not UTF-8 text (byte {err.start} of a column name); re-encode "
+                        "the file as UTF-8") from None
+    hint = ""
+    if len(names) == 1:
+        hint = f"; one column only: are fields separated by something other than {delimiter!r}? (--delimiter)"
+    _require_columns(path, names, roles, hint)
+    return table
+
+
+def _read_parquet(path: Path, roles: dict[str, str]) -> pa.Table:
+    """Only the named columns are read: a wide file costs what its interaction columns cost."""
+    try:
+        with pq.ParquetFile(path) as file:
+            _require_columns(path, file.schema_arrow.names, roles)
+            return file.read(columns=list(dict.fromkeys(c for c in roles.values() if c)))
+    except (pa.ArrowException, OSError) as err:  # truncated, corrupt, not Parquet at all
+        raise DataError(f"{path}: not a readable Parquet file ({_one_line(err)})") from None
+
+
+def read_table_file(path: Path, cfg: PrepareConfig) -> Interactions:
+    """A generic CSV or Parquet interaction file with configurable column names. Extra columns are
+    ignored. With ``event_col`` and ``keep_events``, only rows of those event types are kept: users and
+    items left without any row are absent from the graph; if no row is left, it fails."""
     _require_file(path, "an interactions file (CSV or Parquet)")
-    if path.suffix == ".parquet" or cfg.format == "parquet":
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as err:
-            raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-    else:
-        try:
-            read_opts = pacsv.ReadOptions(autogenerate_column_names=not cfg.csv_header)
-            table = pacsv.read_csv(path, read_options=read_opts)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-            raise DataError(f"{path}: cannot parse as CSV: {err}") from None
-    if cfg.event_col:
-        if cfg.event_col not in table.column_names:
-            raise DataError(f"{path}: missing event column '{cfg.event_col}' "
-                            f"(columns: {', '.join(table.column_names)})")
-        if cfg.keep_events:
-            keep = pa.array([e.strip() for e in cfg.keep_events.split(",")])
-            table = table.filter(pc.is_in(pc.cast(table[cfg.event_col], pa.string()), value_set=keep))
-            if table.num_rows == 0:
-                raise DataError(f"{path}: no rows with {cfg.event_col} in {{{cfg.keep_events}}}")
-    return _interaction_table(table, path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col)
+    roles = {"user": cfg.user_col, "item": cfg.item_col, "timestamp": cfg.time_col, "rating": cfg.rating_col,
+             "event": cfg.event_col}
+    as_parquet = cfg.format == "parquet" or (cfg.format != "csv" and path.suffix == ".parquet")
+    table = _read_parquet(path, roles) if as_parquet else _read_csv(path, cfg, roles)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows, expected interactions")
+    rows = None
+    if cfg.event_col and cfg.keep_events:
+        events = pc.utf8_trim_whitespace(_as_text(table[cfg.event_col], ColumnSource(path, "event", cfg.event_col)))
+        wanted = pa.array([e.strip() for e in cfg.keep_events.split(",")], pa.string())
+        keep = pc.is_in(events, value_set=wanted)
+        if not pc.any(keep).as_py():
+            found = ", ".join(_short(e, 20) for e in pc.unique(events.drop_null()).to_pylist()[:10])
+            raise DataError(f"{path}: no rows left: keep_events {cfg.keep_events!r} matches no value of event column "
+                            f"'{cfg.event_col}' (values found: {found})")
+        rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+        log.info("kept %s of %s rows with %s in {%s}", f"{rows.size:,}", f"{table.num_rows:,}", cfg.event_col,
+                 cfg.keep_events)
+        table = table.filter(keep)
+    table = _interaction_table(table, path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col, rows)
+    return Interactions(table, f"{'parquet' if as_parquet else 'csv'}:{path}", rows=rows)
 
 
 def _one_hot(columns: list[np.ndarray]) -> np.ndarray:
@@ -203,7 +464,8 @@ def read_movielens_1m(path: Path, cfg: PrepareConfig) -> Interactions:
     else:
         file = folder / "ratings.parquet"
         _require_file(file, "MovieLens-1M ratings (ratings.dat or ratings.parquet)")
-        table = _interaction_table(pq.read_table(file), file, "userID", "movieID")
+        table = _interaction_table(_read_parquet(file, {"user": "userID", "item": "movieID"}), file, "userID",
+                                   "movieID")
     user_features = item_features = None
     if (folder / "users.dat").is_file():
         u = _read_double_colon(folder / "users.dat", ["id", "gender", "age", "occupation", "zip"],
@@ -222,8 +484,8 @@ def read_movielens_latest(path: Path, cfg: PrepareConfig) -> Interactions:
     _require_file(file, "MovieLens ratings.csv (userId,movieId,rating,timestamp)")
     try:
         raw = pacsv.read_csv(file)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise DataError(f"{file}: cannot parse as CSV: {err}") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as err:
+        raise DataError(f"{file}: cannot parse as CSV: {_one_line(err)}") from None
     table = _interaction_table(raw, file, "userId", "movieId", "timestamp", "rating")
     item_features = None
     movies = file.parent / "movies.csv"
@@ -241,7 +503,8 @@ def _read_adjacency_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from tqdm import tqdm
 
     users, items = [], []
-    with open(path) as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
+    # bytes: numpy parses them as well, and a stray non-UTF-8 byte is a bad row, not a decoding crash
+    with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
                                 disable=path.stat().st_size < 50_000_000) as bar:
         for lineno, line in enumerate(fh, 1):
             bar.update(len(line))
@@ -251,7 +514,7 @@ def _read_adjacency_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 ids = np.array(line.split(), dtype=np.int64)
             except ValueError:
                 raise DataError(f"{path}: row {lineno}: expected integer ids 'user item item ...', "
-                                f"got {line[:60].strip()!r}") from None
+                                f"got {_short(line.strip(), 60)}") from None
             users.append(np.full(ids.size - 1, ids[0]))
             items.append(ids[1:])
     if not users:
@@ -270,7 +533,7 @@ def read_lightgcn(path: Path, cfg: PrepareConfig) -> Interactions:
 
 
 def read_synthetic(cfg: PrepareConfig) -> Interactions:
-    from distgnn.synthetic import generate
+    from distgnn.data.synthetic import generate
 
     s = generate(cfg.synthetic)
     table = pa.table({"user": pa.array(s.user.astype(str)), "item": pa.array(s.item.astype(str)),
@@ -282,7 +545,10 @@ def read_synthetic(cfg: PrepareConfig) -> Interactions:
 def detect_format(path: Path) -> str:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    names = {p.name for p in path.iterdir()} if path.is_dir() else {path.name}
+    try:
+        names = {p.name for p in path.iterdir()} if path.is_dir() else {path.name}
+    except OSError as err:
+        raise DataError(f"{path}: cannot list the folder ({err.strerror})") from None
     if {"train.txt", "test.txt"} <= names:
         return "lightgcn"
     if "u.data" in names or "ua.base" in names:
@@ -306,11 +572,15 @@ def read_interactions(cfg: PrepareConfig) -> Interactions:
     if cfg.split == "given" and fmt not in ("ml-100k", "lightgcn"):
         raise ConfigError(f"config key 'split': format '{fmt}' ships no split of its own; "
                           "use random, temporal or leave_one_out")
+    if fmt in ("csv", "parquet") and not cfg.rating_col and cfg.min_rating > -np.inf:
+        # checked before reading: a filter that cannot apply must not be skipped silently
+        raise ConfigError(f"config key 'min_rating': {path} is read without ratings (rating_col is empty); "
+                          "name its rating column with --rating_col")
     readers = {"ml-100k": read_movielens_100k, "ml-1m": read_movielens_1m, "ml-latest": read_movielens_latest,
                "lightgcn": read_lightgcn}
     if fmt in readers:
         return readers[fmt](path, cfg)
-    return Interactions(read_table_file(path, cfg), f"{fmt}:{path}")
+    return read_table_file(path, cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -324,11 +594,12 @@ def encode_ids(raw: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
 
 
 def deduplicate(user: np.ndarray, item: np.ndarray, order: np.ndarray, policy: str, *,
-                source: str = "input") -> np.ndarray:
+                source: str = "input", rows: np.ndarray | None = None) -> np.ndarray:
     """Row indices to keep so each (user, item) pair appears once.
 
-    ``order`` ranks rows in time (timestamp, or file position); ``first`` keeps the earliest row of a
-    pair, ``last`` the latest, ``error`` raises on the first repeated pair.
+    ``order`` ranks rows in time (timestamp, or file position; ties go by file position); ``first`` keeps
+    the earliest row of a pair, ``last`` the latest, ``error`` raises on the first repeated pair, naming
+    its row in ``source`` (``rows`` maps row indices to source rows, as ``Interactions.rows``).
     """
     key = user * (int(item.max()) + 1) + item
     by_time = np.lexsort((np.arange(key.size), order))
@@ -338,8 +609,30 @@ def deduplicate(user: np.ndarray, item: np.ndarray, order: np.ndarray, policy: s
     keep = np.sort(by_time[first])
     if policy == "error" and keep.size != key.size:
         dup = np.setdiff1d(np.arange(key.size), keep)[0]
-        raise DataError(f"{source}: row {dup + 1}: repeated (user, item) pair; use --duplicates first or last")
+        other = keep[np.flatnonzero(key[keep] == key[dup])[0]]
+        dup, other = (rows[dup], rows[other]) if rows is not None else (dup, other)
+        raise DataError(f"{source}: row {dup + 1}: repeated (user, item) pair (also in row {other + 1}); "
+                        "use --duplicates first or last")
     return keep
+
+
+def held_out_counts(n_user: np.ndarray, *, method: str, val_fraction: float,
+                    test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """How many of a user's ``n_user`` interactions go to validation and to test (arrays like ``n_user``).
+
+    random/temporal: ``round(n * fraction)`` (halves up), test first, both capped so that at least one
+    interaction stays for training; leave_one_out: one test interaction from 2 on, one validation from 3 on
+    (a fraction of 0 turns that split off).
+    """
+    if method == "leave_one_out":
+        n_test = (n_user >= 2).astype(np.int64) if test_fraction > 0 else np.zeros_like(n_user)
+        n_val = (n_user >= 3).astype(np.int64) if val_fraction > 0 else np.zeros_like(n_user)
+    elif method in ("random", "temporal"):
+        n_test = np.minimum(np.floor(n_user * test_fraction + 0.5).astype(np.int64), n_user - 1)
+        n_val = np.minimum(np.floor(n_user * val_fraction + 0.5).astype(np.int64), n_user - 1 - n_test)
+    else:
+        raise ConfigError(f"config key 'split': unknown method {method!r}")
+    return n_val, n_test
 
 
 def split_interactions(user: np.ndarray, order: np.ndarray, *, method: str, val_fraction: float,
@@ -364,28 +657,52 @@ def split_interactions(user: np.ndarray, order: np.ndarray, *, method: str, val_
         return labels
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ConfigError("config keys 'val_fraction'/'test_fraction': expected two fractions summing below 1")
-    within = rng.random(n) if method == "random" else order.astype(np.float64)
+    # order as it is, not as float64: nanosecond timestamps differ below float64's resolution
+    within = rng.random(n) if method == "random" else order
     perm = np.lexsort((rng.random(n), within, user))  # grouped by user; within a user by time or at random
     counts = np.bincount(user, minlength=int(user.max()) + 1)
     starts = np.cumsum(counts) - counts
     sorted_user = user[perm]
     rank = np.arange(n) - starts[sorted_user]
     n_user = counts[sorted_user]
-    if method == "leave_one_out":
-        n_test = (n_user >= 2).astype(np.int64) if test_fraction > 0 else np.zeros_like(n_user)
-        n_val = (n_user >= 3).astype(np.int64) if val_fraction > 0 else np.zeros_like(n_user)
-    elif method in ("random", "temporal"):
-        n_test = np.floor(n_user * test_fraction + 0.5).astype(np.int64)
-        n_val = np.floor(n_user * val_fraction + 0.5).astype(np.int64)
-        n_test = np.minimum(n_test, n_user - 1)
-        n_val = np.minimum(n_val, n_user - 1 - n_test)
-    else:
-        raise ConfigError(f"config key 'split': unknown method {method!r}")
+    n_val, n_test = held_out_counts(n_user, method=method, val_fraction=val_fraction, test_fraction=test_fraction)
     from_end = n_user - 1 - rank  # 0 = latest
     labels_sorted = np.where(from_end < n_test, TEST, np.where(from_end < n_test + n_val, VAL, TRAIN))
     labels = np.empty(n, dtype=np.int8)
     labels[perm] = labels_sorted
     return labels
+
+
+def empty_split_reasons(user: np.ndarray, labels: np.ndarray, *, method: str, val_fraction: float,
+                        test_fraction: float) -> list[str]:
+    """One sentence for each of val and test that came out empty although asked for, saying why (a user
+    needs more interactions than any has); an empty list when both have rows or were not asked for."""
+    reasons = []
+    for code, name, fraction in ((VAL, "val", val_fraction), (TEST, "test", test_fraction)):
+        if (labels == code).any():
+            continue
+        if method == "given" and code == TEST:
+            reasons.append("test is empty: the dataset's own split holds no test interactions")
+            continue
+        if fraction <= 0:
+            continue  # asked for none
+        # 'given' carves validation at random from the given training part
+        pool = labels != TEST if method == "given" else np.ones(user.size, dtype=bool)
+        rule = "random" if method == "given" else method
+        most = int(np.bincount(user[pool]).max())
+        # the smallest user size that holds one out: scan sizes (vectorised) up to a bound past which
+        # rounding always gives one, i.e. where n * min(fraction, the share left for training) >= 2
+        other = 0.0 if method == "given" else test_fraction
+        bound = min(1 << 20, int(np.ceil(2 / min(fraction, 1 - val_fraction - other))) + 3)
+        sizes = np.arange(1, bound + 1)
+        n_val, n_test = held_out_counts(sizes, method=rule, val_fraction=val_fraction, test_fraction=other)
+        held = n_val if code == VAL else n_test
+        need = f"at least {int(sizes[np.argmax(held > 0)])}" if held.any() else f"more than {bound}"
+        part = " of the given training part" if method == "given" else ""
+        reasons.append(f"{name} is empty: with --split {method} and {name}_fraction {fraction:g}, a user needs {need} "
+                       f"interactions{part} to give one to {name} (each user keeps at least one for training), "
+                       f"and the most any user has is {most}")
+    return reasons
 
 
 def build_csr(num_users: int, num_items: int, user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -429,28 +746,76 @@ def write_meta(folder: Path, meta: dict) -> None:
     """meta.json with the sha256 of every other file in the folder."""
     meta = dict(meta)
     meta["checksums"] = checksums(folder, skip=("meta.json",))
-    # write-then-rename: meta.json is also rewritten inside published folders (distgnn.partition)
+    # write-then-rename: meta.json is also rewritten inside published folders (distgnn.data.partition)
     tmp = folder / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(folder / "meta.json")
 
 
+def check_prepare_config(cfg: PrepareConfig) -> None:
+    """Values no reader can act on, refused before anything is read."""
+    if np.isnan(cfg.min_rating) or cfg.min_rating == np.inf:
+        raise ConfigError(f"config key 'min_rating': expected a finite number (or -inf to keep every rating), "
+                          f"got {cfg.min_rating}")
+    if cfg.format in ("auto", "csv"):
+        csv_delimiter(Path(cfg.input), cfg.delimiter)
+
+
+def check_output_path(output: Path, inputs: list[Path]) -> None:
+    """Refuse an output folder whose replacement would destroy what it must not: the current folder or one
+    above it (the folder you stand in), a folder holding an input (or the input itself), an existing file,
+    or a path below a file. Reads only the file system's state, and runs before any reading, so that a
+    bad ``--output`` fails at once and not after minutes of parsing."""
+    target, cwd = output.resolve(), Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise ConfigError(f"config key 'output': {output} is the current folder or one above it ({target}); "
+                          "writing there would replace the folder you stand in (name a new folder)")
+    for source in inputs:
+        resolved = source.resolve()
+        if resolved == target or target in resolved.parents:
+            raise ConfigError(f"config key 'output': {output} contains the input {source}; replacing it would "
+                              "delete the input (name another folder)")
+    for folder in (target, *target.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is an existing file" if folder == target else f"is inside {folder}, which is a file"
+                raise ConfigError(f"config key 'output': {output} {what}; expected a folder")
+            break
+
+
+def filter_min_rating(data: Interactions, min_rating: float) -> Interactions:
+    """Keep interactions rated at least ``min_rating`` (-inf keeps all). Users and items left without
+    any interaction are absent from the graph; none left at all is an error."""
+    if min_rating == -np.inf:
+        return data
+    table = data.table
+    if "rating" not in table.column_names:
+        raise ConfigError(f"config key 'min_rating': {data.source} has no ratings to filter on")
+    keep = pc.greater_equal(table["rating"], min_rating)
+    kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    if kept.size == 0:
+        low, high = pc.min_max(table["rating"]).values()
+        raise DataError(f"{data.source}: no interactions left: min_rating {min_rating:g} keeps none of the "
+                        f"{table.num_rows:,} (ratings range from {low.as_py():g} to {high.as_py():g})")
+    log.info("kept %s of %s interactions rated >= %g", f"{kept.size:,}", f"{table.num_rows:,}", min_rating)
+    rows = data.rows[kept] if data.rows is not None else kept
+    return replace(data, table=table.filter(keep), rows=rows)
+
+
 def prepare(cfg: PrepareConfig) -> Path:
     """Run the whole stage; returns the graph directory. Nothing is left behind if it fails."""
     t0 = time.perf_counter()
+    check_prepare_config(cfg)
+    check_output_path(Path(cfg.output), [Path(cfg.input)] if cfg.input and cfg.format != "synthetic" else [])
     data = read_interactions(cfg)
+    log.info("read %s interactions from %s", f"{data.table.num_rows:,}", data.source)
+    data = filter_min_rating(data, cfg.min_rating)
     table = data.table
-    log.info("read %s interactions from %s", f"{table.num_rows:,}", data.source)
-
-    if "rating" in table.column_names and np.isfinite(cfg.min_rating):
-        table = table.filter(pc.greater_equal(table["rating"], cfg.min_rating))
-        if table.num_rows == 0:
-            raise DataError(f"{data.source}: no interactions with rating >= {cfg.min_rating}")
 
     user, user_ids = encode_ids(table["user"])
     item, item_ids = encode_ids(table["item"])
     order = table["timestamp"].to_numpy() if "timestamp" in table.column_names else np.arange(table.num_rows)
-    keep = deduplicate(user, item, order, cfg.duplicates, source=data.source)
+    keep = deduplicate(user, item, order, cfg.duplicates, source=data.source, rows=data.rows)
     if keep.size < table.num_rows:
         log.info("dropped %s repeated (user, item) rows (policy: keep %s)", f"{table.num_rows - keep.size:,}",
                  cfg.duplicates)
@@ -458,10 +823,13 @@ def prepare(cfg: PrepareConfig) -> Path:
     given = table["given_split"].to_numpy() if "given_split" in table.column_names else None
     labels = split_interactions(user, order, method=cfg.split, val_fraction=cfg.val_fraction,
                                 test_fraction=cfg.test_fraction, seed=cfg.seed, given=given)
+    for reason in empty_split_reasons(user, labels, method=cfg.split, val_fraction=cfg.val_fraction,
+                                      test_fraction=cfg.test_fraction):
+        log.warning("%s", reason)
     num_users, num_items = len(user_ids), len(item_ids)
 
     out = Path(cfg.output)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, kind="graph") as tmp:
         extra = [c for c in ("timestamp", "rating") if c in table.column_names]
         counts = {}
         for code, name in enumerate(SPLIT_NAMES):
@@ -499,7 +867,7 @@ def prepare(cfg: PrepareConfig) -> Path:
              f"{num_users:,}", f"{num_items:,}", *(f"{counts[s]:,}" for s in SPLIT_NAMES),
              time.perf_counter() - t0)
     if cfg.partitions > 1:
-        from distgnn.partition import write_partitions  # a later stage; imported only when asked for
+        from distgnn.data.partition import write_partitions  # a later stage; imported only when asked for
 
         write_partitions(out, cfg.partitions, method=cfg.partition_method, seed=cfg.seed)
     return out
@@ -507,7 +875,7 @@ def prepare(cfg: PrepareConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(PrepareConfig, prog="python -m distgnn.prepare",
-                         description="Turn interaction logs into a graph directory for distgnn.train. "
+                         description="Turn interaction logs into a graph directory for distgnn.training.loop. "
                                      "With no --input, writes the built-in synthetic dataset.")
     args = parser.parse_args(argv)
     configure_logging()

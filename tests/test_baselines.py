@@ -3,9 +3,9 @@ data it must beat popularity under the training protocol."""
 import pytest
 import torch
 
-from distgnn.baselines import item_knn_scores, item_knn_weights, item_transpose
-from distgnn.graph import ItemSets, load_graph
-from distgnn.train import evaluate_item_knn_baseline, evaluate_popularity_baseline
+from distgnn.eval.baselines import item_knn_scores, item_knn_weights, item_transpose
+from distgnn.data.graph import ItemSets, load_graph
+from distgnn.eval.protocol import evaluate_item_knn_baseline, evaluate_popularity_baseline
 
 
 def _random_sets(num_users=60, num_items=25, density=0.2, seed=0):

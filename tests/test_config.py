@@ -1,8 +1,8 @@
 import pytest
 
-from distgnn.config import (PrepareConfig, TrainJobConfig, config_from_args, config_to_dict, load_config,
+from distgnn.core.config import (PrepareConfig, TrainJobConfig, config_from_args, config_to_dict, load_config,
                             make_parser, replace_nested)
-from distgnn.errors import ConfigError
+from distgnn.core.errors import ConfigError
 
 
 def test_yaml_then_flags_override(tmp_path):

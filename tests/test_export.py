@@ -13,15 +13,17 @@ import pytest
 import torch
 
 import distgnn
-from distgnn.errors import DataError
-from distgnn.files import _HOST, remove_stale_siblings
-from distgnn.export import export, load_run, main as export_main, read_embeddings
-from distgnn.graph import load_graph
-from distgnn.inference import distributed_embeddings, row_ranges
-from distgnn.models import full_graph_embeddings
+from distgnn.core.errors import DataError
+from distgnn.core.files import _HOST, remove_stale_siblings
+from distgnn.export import main as export_main
+from distgnn.serving.export import export, load_run, read_embeddings
+from distgnn.data.graph import load_graph
+from distgnn.serving.inference import distributed_embeddings, row_ranges
+from distgnn.nn.models import full_graph_embeddings
 from distgnn.recommend import main as recommend_main
-from distgnn.rundir import create_run_dir
-from distgnn.train import make_model, train_loop
+from distgnn.core.rundir import create_run_dir
+from distgnn.nn.models import model_from_config
+from distgnn.training.launcher import train_in_process as train_loop
 
 from test_train import tiny_job
 
@@ -175,7 +177,7 @@ def test_ray_workers_compute_sage_layers_exactly(tiny_graph, ray_cluster):
     job = tiny_job(tiny_graph, **{"model.name": "sage"})
     g = load_graph(tiny_graph)
     torch.manual_seed(0)
-    model = make_model(job, g).eval()
+    model = model_from_config(job.model, g).eval()
     expected = full_graph_embeddings(model, g.indptr, g.indices, chunk_size=256)
     got, info = distributed_embeddings(model, job, g, num_workers=2, chunk_size=256)
     assert (got - expected).abs().max().item() <= 1e-5 and len(info["per_worker"]) == 2
@@ -248,14 +250,15 @@ def test_stale_folders_of_dead_writers_are_cleaned_and_a_lost_final_restored(tmp
 EXPORT_BLOCKED_WHILE_WRITING = """
 import sys, time
 from pathlib import Path
-import distgnn.export as export
+import distgnn.serving.export as export
 save_index = export.save_index
 def save_and_wait(index, path):
     save_index(index, path)
     Path(sys.argv[1]).touch()
     time.sleep(600)
 export.save_index = save_and_wait
-sys.exit(export.main(sys.argv[2:]))
+import distgnn.export as command
+sys.exit(command.main(sys.argv[2:]))
 """
 
 

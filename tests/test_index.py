@@ -5,8 +5,8 @@ import faiss
 import numpy as np
 import pytest
 
-from distgnn.errors import ConfigError, DataError
-from distgnn.index import (
+from distgnn.core.errors import ConfigError, DataError
+from distgnn.serving.index import (
     build_index,
     build_sharded_index,
     choose_index_params,
@@ -245,7 +245,7 @@ def test_load_sharded_needs_manifest(tmp_path):
 
 def test_raw_factory_string_and_logging(data, caplog):
     xb, xq, _, I_exact = data
-    with caplog.at_level(logging.INFO, logger="distgnn.index"):
+    with caplog.at_level(logging.INFO, logger="distgnn.serving.index"):
         index = build_index(xb, "IVF64,Flat", nprobe=64, use_gpu=False)
     assert "IVF64,Flat" in caplog.text and "on CPU" in caplog.text
     assert faiss.extract_index_ivf(index).nlist == 64

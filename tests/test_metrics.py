@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from distgnn.metrics import (
+from distgnn.eval.metrics import (
     evaluate_popularity,
     evaluate_ranking,
     finalize,

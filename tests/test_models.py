@@ -1,10 +1,10 @@
 import torch
 
-from distgnn.graph import load_graph
-from distgnn.losses import bpr_loss, info_nce, sampled_softmax_loss
-from distgnn.models import (LightGCN, build_model, full_adjacency, full_graph_embeddings, lightgcn_edge_weight,
+from distgnn.data.graph import load_graph
+from distgnn.nn.losses import bpr_loss, info_nce, sampled_softmax_loss
+from distgnn.nn.models import (LightGCN, build_model, full_adjacency, full_graph_embeddings, lightgcn_edge_weight,
                             sampled_adjacency)
-from distgnn.sampler import sample_subgraph
+from distgnn.nn.sampler import sample_subgraph
 
 
 def test_edge_weight_is_symmetric_normalisation_when_nothing_is_dropped():

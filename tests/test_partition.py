@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 import torch
 
-from distgnn.config import PrepareConfig, SyntheticConfig
-from distgnn.errors import ConfigError, DataError
-from distgnn.graph import csr_row_positions, load_graph, verify_graph_dir
-from distgnn.partition import (
+from distgnn.core.config import PrepareConfig, SyntheticConfig
+from distgnn.core.errors import ConfigError, DataError
+from distgnn.data.graph import csr_row_positions, load_graph, verify_graph_dir
+from distgnn.data.partition import (
     feature_rows,
     global_to_local,
     hash_partition,
     load_partition,
-    main,
     partition_nodes,
     partition_stats,
     write_partitions,
 )
+from distgnn.partition import main
 from distgnn.prepare import build_csr, prepare
 
 SMALL = SyntheticConfig(num_users=300, num_items=200, mean_interactions=12, num_factors=4, seed=5)
@@ -155,7 +155,7 @@ def test_written_parts_match_the_full_graph(graph_copy, method):
         assert (p.node_part[p.nodes] == p.part_id).all()
     assert [p.num_nodes for p in parts] == stats["num_nodes"]
 
-    # each part's rows are the full graph's rows of its nodes; features in distgnn.train.node_features'
+    # each part's rows are the full graph's rows of its nodes; features in distgnn.training.loop.node_features'
     # [N, Fu + Fi] block layout (built here by hand: importing train costs seconds)
     assert graph.user_features is None and graph.item_features is not None
     x = torch.cat([torch.zeros(graph.num_users, graph.item_features.shape[1]), graph.item_features])

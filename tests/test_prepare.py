@@ -5,14 +5,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-from distgnn.config import PrepareConfig, SyntheticConfig
-from distgnn.errors import DataError
-from distgnn.graph import load_graph, verify_graph_dir
-from distgnn.prepare import TEST, TRAIN, VAL, build_csr, deduplicate, main, prepare, split_interactions
-from distgnn.synthetic import generate
-
 from conftest import shared_dataset
+
+from distgnn.core.config import PrepareConfig, SyntheticConfig
+from distgnn.core.errors import DataError
+from distgnn.data.graph import load_graph, verify_graph_dir
+from distgnn.data.synthetic import generate
+from distgnn.prepare import TEST, TRAIN, VAL, build_csr, deduplicate, main, prepare, split_interactions
 
 
 def test_build_csr_by_hand():

@@ -15,8 +15,8 @@ from torch_geometric.data import Data
 from torch_geometric.loader import LinkLoader, NodeLoader
 from torch_geometric.sampler import NegativeSampling, NodeSamplerInput
 
-from distgnn.errors import ConfigError
-from distgnn.sampler import (
+from distgnn.core.errors import ConfigError
+from distgnn.nn.sampler import (
     NeighborSampler,
     csr_contains,
     hardest_of_pools,
@@ -387,7 +387,7 @@ def test_make_sampler_backends(caplog):
     kwargs = dict(num_users=num_users, num_items=num_items)
     with pytest.raises(ConfigError, match="sampler.backend"):
         make_sampler(indptr, indices, [2], backend="fast", **kwargs)
-    with caplog.at_level(logging.INFO, logger="distgnn.sampler"):
+    with caplog.at_level(logging.INFO, logger="distgnn.nn.sampler"):
         sampler = make_sampler(indptr, indices, [2], backend="distgnn", **kwargs)
     assert type(sampler) is NeighborSampler and "distgnn" in caplog.text
     if not torch_geometric.typing.WITH_PYG_LIB:

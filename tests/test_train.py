@@ -3,15 +3,22 @@ import json
 import pytest
 import torch
 
-from distgnn.config import TrainJobConfig, load_config, replace_nested
-from distgnn.graph import load_graph
-from distgnn.rundir import create_run_dir, read_history
-import distgnn.sampler
-import distgnn.train
-from distgnn.losses import info_nce
-from distgnn.train import (UserUniformIndices, batch_loss, candidate_log_q, contrastive_term, launch,
-                           make_model, make_train_loader, positive_cells, positive_draw_weights, scheduled_lr,
-                           shard_edges, train_loop)
+from distgnn.core.config import TrainJobConfig, load_config, replace_nested
+from distgnn.data.graph import load_graph
+from distgnn.core.rundir import create_run_dir, read_history
+import distgnn.nn.loaders
+import distgnn.nn.sampler
+import distgnn.training.loop
+import distgnn.training.objective
+import distgnn.training.replicated
+from distgnn.nn.loaders import UserUniformIndices, positive_draw_weights
+from distgnn.nn.losses import info_nce
+from distgnn.nn.models import model_from_config, sampled_adjacency
+from distgnn.training.launcher import launch
+from distgnn.training.launcher import train_in_process as train_loop
+from distgnn.training.loop import scheduled_lr
+from distgnn.training.objective import candidate_log_q, contrastive_term, positive_cells
+from distgnn.training.replicated import Replicated, shard_edges
 
 
 def tiny_job(graph, **overrides) -> TrainJobConfig:
@@ -91,11 +98,11 @@ def test_options_reach_the_training_step(tiny_graph, tmp_path, monkeypatch, on):
                           "optim.lr_final_fraction": 0.1})
     job = tiny_job(tiny_graph, **overrides)
     losses, mined, contrastive, lrs, orders = [], [], [], [], []
-    spy(monkeypatch, distgnn.train, "sampled_softmax_loss", losses)
-    spy(monkeypatch, distgnn.sampler, "hardest_of_pools", mined)
-    spy(monkeypatch, distgnn.train, "contrastive_term", contrastive)
-    spy(monkeypatch, distgnn.train, "set_lr", lrs)
-    spy(monkeypatch, distgnn.train, "edge_order", orders)
+    spy(monkeypatch, distgnn.training.objective, "sampled_softmax_loss", losses)
+    spy(monkeypatch, distgnn.nn.sampler, "hardest_of_pools", mined)
+    spy(monkeypatch, distgnn.training.replicated, "contrastive_term", contrastive)
+    spy(monkeypatch, distgnn.training.loop, "set_lr", lrs)
+    spy(monkeypatch, distgnn.nn.loaders, "edge_order", orders)
     train_loop(job, create_run_dir(job, str(tmp_path), "run"))
     steps = 2 * 3
     assert len(losses) == steps
@@ -104,36 +111,39 @@ def test_options_reach_the_training_step(tiny_graph, tmp_path, monkeypatch, on):
     assert len(mined) == (steps if on else 0) and len(contrastive) == (steps if on else 0)
     rates = [args[1] for args, _, _ in lrs]
     # one rate per step, at its progress through optim.epochs; cosine from 0.02 towards 0.002
-    assert rates == pytest.approx([scheduled_lr(job, k / steps) for k in range(steps)])
+    assert rates == pytest.approx([scheduled_lr(job.optim, k / steps) for k in range(steps)])
     assert (rates[-1] < 0.005) if on else (set(rates) == {0.02})
     assert len(orders) == 1 and isinstance(orders[0][2], UserUniformIndices) == on
 
 
 def test_contrastive_term_without_noise_is_infonce_of_the_clean_outputs(tiny_graph):
     job = tiny_job(tiny_graph, **{"optim.contrastive_noise": 0.0, "optim.contrastive_weight": 0.5})
-    graph = load_graph(tiny_graph)
-    torch.manual_seed(0)
-    model = make_model(job, graph)
-    batch = next(iter(make_train_loader(graph, job, shard_edges(graph, 0, 1, 0), seed=0)))
-    adj_t = distgnn.train.sampled_adjacency(batch.n_id, batch.edge_index[0], batch.edge_index[1], graph.degree)
+    job = replace_nested(job, **{"optim.log_q": False})
+    strategy = Replicated(job)
+    loader, _ = strategy.make_loader(0)
+    batch = next(iter(loader))
+    model, graph = strategy.model, strategy.graph
+    adj_t = sampled_adjacency(batch.n_id, batch.edge_index[0], batch.edge_index[1], graph.degree)
     out = model(batch.n_id, adj_t, batch.num_sampled_nodes)
     users, items = torch.unique(batch.src_index), torch.unique(batch.dst_pos_index)
     expected = info_nce(out[users], out[users], temperature=0.2) + info_nce(out[items], out[items], temperature=0.2)
-    term = contrastive_term(model, batch.n_id, adj_t, batch, job)
+    term = contrastive_term(model, model.inputs(batch.n_id), adj_t, batch, job.optim)
     assert torch.isclose(term, expected)
-    # and batch_loss adds it with its weight
-    plain = batch_loss(model, model, batch, graph, replace_nested(job, **{"optim.contrastive_weight": 0.0}), None)
-    assert torch.isclose(batch_loss(model, model, batch, graph, job, None), plain + 0.5 * expected)
+    # and the strategy's loss adds it with its weight
+    with_term = strategy.loss(batch)
+    strategy.job = replace_nested(job, **{"optim.contrastive_weight": 0.0})
+    assert torch.isclose(with_term, strategy.loss(batch) + 0.5 * expected)
 
 
 def test_cosine_schedule_by_hand():
     job = load_config(TrainJobConfig, **{"optim.lr": 0.02, "optim.lr_schedule": "cosine",
                                          "optim.lr_final_fraction": 0.1})
-    assert scheduled_lr(job, 0.0) == pytest.approx(0.02)
-    assert scheduled_lr(job, 0.5) == pytest.approx((0.02 + 0.002) / 2)
-    assert scheduled_lr(job, 1.0) == pytest.approx(0.002)
-    assert scheduled_lr(job, 1.7) == pytest.approx(0.002)  # past the horizon: stays at the floor
-    constant = load_config(TrainJobConfig, **{"optim.lr": 0.02})
+    o = job.optim
+    assert scheduled_lr(o, 0.0) == pytest.approx(0.02)
+    assert scheduled_lr(o, 0.5) == pytest.approx((0.02 + 0.002) / 2)
+    assert scheduled_lr(o, 1.0) == pytest.approx(0.002)
+    assert scheduled_lr(o, 1.7) == pytest.approx(0.002)  # past the horizon: stays at the floor
+    constant = load_config(TrainJobConfig, **{"optim.lr": 0.02}).optim
     assert scheduled_lr(constant, 0.0) == scheduled_lr(constant, 0.9) == 0.02
 
 
@@ -164,7 +174,7 @@ def test_log_q_follows_the_edge_sampling():
     # expected batch count: 4 positives drawn by weight, plus 4 * 2 uniform negatives over 3 items
     job = load_config(TrainJobConfig, **{"optim.batch_size": 4, "optim.num_negatives": 2})
     expected = 4 * torch.tensor([2 / 3, 1 / 6, 1 / 6]) + 8 / 3
-    assert torch.allclose(candidate_log_q(uniform, job), expected.log())
+    assert torch.allclose(candidate_log_q(uniform, job.optim), expected.log())
 
 
 def test_early_stopping_and_best_checkpoint(tiny_graph, tmp_path):
@@ -212,7 +222,7 @@ def test_two_ray_workers_survive_a_crash_and_finish(tiny_graph, tmp_path, ray_se
 
 
 def test_time_budget_stops_before_an_epoch_would_overrun():
-    from distgnn.train import over_budget
+    from distgnn.training.loop import over_budget
 
     history = [{"train_s": 50.0, "eval_s": 10.0}, {"train_s": 40.0}]
     assert not over_budget(history, spent_s=100.0, budget_min=3)  # 100 + 60 <= 180

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 import distgnn
-from distgnn.checkpoint import BEST_MODEL, load_checked, load_model_state, save_checked
-from distgnn.errors import DataError
-from distgnn.export import export, read_manifest
+from distgnn.core.checkpoint import BEST_MODEL, load_checked, load_model_state, save_checked
+from distgnn.core.errors import DataError
 from distgnn.export import main as export_main
-from distgnn.files import MARKER, atomic_folder, check_plain_name, folder_kind
+from distgnn.serving.export import export, read_manifest
+from distgnn.core.files import MARKER, atomic_folder, check_plain_name, folder_kind
 from distgnn.recommend import main as recommend_main
-from distgnn.rundir import create_run_dir
-from distgnn.train import train_loop
+from distgnn.core.rundir import create_run_dir
+from distgnn.training.launcher import train_in_process as train_loop
 from test_train import tiny_job
 
 
@@ -135,7 +135,7 @@ def test_overwrite_replaces_a_foreign_folder_and_an_export_replaces_an_export(ru
 
 
 def test_prepare_output_at_a_foreign_folder_is_refused(tmp_path):
-    from distgnn.config import PrepareConfig, SyntheticConfig
+    from distgnn.core.config import PrepareConfig, SyntheticConfig
     from distgnn.prepare import prepare
 
     foreign = tmp_path / "mine"

@@ -2,8 +2,9 @@ import csv
 
 import pytest
 
-from distgnn.config import ConfigError, TrainJobConfig, load_config
-from distgnn.tune import derive_fanouts, main, parse_search_space, trial_job
+from distgnn.core.config import ConfigError, TrainJobConfig, load_config
+from distgnn.training.search import derive_fanouts, parse_search_space, trial_job
+from distgnn.tune import main
 
 
 def test_search_space_is_validated_and_fanouts_follow_the_layers():

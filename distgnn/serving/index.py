@@ -25,8 +25,8 @@ import faiss
 import numpy as np
 import torch
 
-from distgnn.errors import ConfigError, DataError
-from distgnn.graph import csr_row_positions
+from distgnn.core.errors import ConfigError, DataError
+from distgnn.data.graph import csr_row_positions
 
 logger = logging.getLogger(__name__)
 

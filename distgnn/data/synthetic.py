@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distgnn.config import SyntheticConfig
+from distgnn.core.config import SyntheticConfig
+from distgnn.core.errors import ConfigError
 
 _USER_CHUNK = 4096  # users generated at once: bounds memory at chunk x candidates
 
@@ -25,10 +26,23 @@ class SyntheticInteractions:
     item_features: np.ndarray  # [num_items, num_factors] float32, noisy planted item tastes
 
 
+def check_synthetic_config(cfg: SyntheticConfig) -> None:
+    """Values the generator cannot honour, as a ConfigError naming the key (the CLIs print it as one line)."""
+    checks = (("num_users", cfg.num_users >= 1, "at least 1"), ("num_items", cfg.num_items >= 10, "at least 10"),
+              ("num_factors", cfg.num_factors >= 1, "at least 1"),
+              ("mean_interactions", np.isfinite(cfg.mean_interactions) and cfg.mean_interactions > 0,
+               "a positive number"),
+              ("popularity_exponent", np.isfinite(cfg.popularity_exponent) and cfg.popularity_exponent >= 0,
+               "a number >= 0"),
+              ("taste_strength", np.isfinite(cfg.taste_strength), "a finite number"))
+    for key, ok, expected in checks:
+        if not ok:
+            raise ConfigError(f"config key 'synthetic.{key}': expected {expected}, got {getattr(cfg, key)!r}")
+
+
 def generate(cfg: SyntheticConfig) -> SyntheticInteractions:
     """Draw interactions for ``cfg.num_users`` users over ``cfg.num_items`` items (vectorised by chunk)."""
-    if cfg.num_users < 1 or cfg.num_items < 10:
-        raise ValueError("synthetic data needs at least 1 user and 10 items")
+    check_synthetic_config(cfg)
     rng = np.random.default_rng(cfg.seed)
     num_items, f = cfg.num_items, cfg.num_factors
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from distgnn.errors import DataError
-from distgnn.files import write_bytes_atomic
+from distgnn.core.errors import DataError
+from distgnn.core.files import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

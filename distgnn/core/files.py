@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from distgnn.errors import DataError
+from distgnn.core.errors import DataError
 
 MARKER = ".distgnn.json"
 KINDS = ("graph", "export", "run", "parts", "tune")

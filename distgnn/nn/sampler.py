@@ -4,7 +4,7 @@ PyG's own ``NeighborSampler`` needs pyg-lib or torch-sparse, and neither install
 index here, so distgnn samples with plain torch ops: no Python loop over nodes or edges, only over
 hops and over the ``k`` draws of a fanout.
 
-The graph is the one of :mod:`distgnn.graph`: users ``0 .. U-1``, items ``U .. U+I-1``, a CSR
+The graph is the one of :mod:`distgnn.data.graph`: users ``0 .. U-1``, items ``U .. U+I-1``, a CSR
 ``indptr [N+1]`` / ``indices [nnz]`` holding both directions of the bipartite training graph, rows
 sorted. The id of an edge is its position in ``indices``.
 
@@ -34,8 +34,8 @@ from torch_geometric.sampler import (
     SamplerOutput,
 )
 
-from distgnn.errors import ConfigError
-from distgnn.graph import csr_row_positions
+from distgnn.core.errors import ConfigError
+from distgnn.data.graph import csr_row_positions
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Ranking and rating metrics: pure functions on tensors, no I/O and no ``torch.distributed``.
 
 Items are 0-based item indices ``0 .. num_items-1`` (not the homogeneous node ids of
-:mod:`distgnn.graph`). Per-user item sets (training items to exclude, validation or test truth) come
+:mod:`distgnn.data.graph`). Per-user item sets (training items to exclude, validation or test truth) come
 as CSR ``indptr [U+1]`` / ``indices [nnz]`` int64 tensors indexed by user index, each row sorted and
 without duplicates.
 
@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from distgnn.graph import csr_row_positions
+from distgnn.data.graph import csr_row_positions
 
 CSR = tuple[Tensor, Tensor]
 

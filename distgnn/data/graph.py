@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from distgnn.errors import DataError
-from distgnn.files import sha256_file
+from distgnn.core.errors import DataError
+from distgnn.core.files import checksums, sha256_file, write_json_atomic
 
 
 def csr_row_positions(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,6 +93,19 @@ class Graph:
     def split(self, name: str) -> ItemSets:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def node_features(self) -> Tensor | None:
+        """``[N, Fu + Fi]`` block layout of user and item features (zeros where a side has none)."""
+        if self.user_features is None and self.item_features is None:
+            return None
+        fu = self.user_features.shape[1] if self.user_features is not None else 0
+        fi = self.item_features.shape[1] if self.item_features is not None else 0
+        x = torch.zeros(self.num_nodes, fu + fi)
+        if fu:
+            x[: self.num_users, :fu] = self.user_features
+        if fi:
+            x[self.num_users:, fu:] = self.item_features
+        return x
+
 
 def item_sets_from_pairs(user: np.ndarray, item: np.ndarray, num_users: int) -> ItemSets:
     """CSR of per-user item sets from (user, item) pairs, rows sorted by item."""
@@ -149,3 +162,11 @@ def load_graph(path: str | Path, *, verify: bool = False) -> Graph:
     return Graph(path=path, meta=meta, num_users=num_users, num_items=num_items, indptr=indptr,
                  indices=indices, train=train, val=sets["val"], test=sets["test"],
                  user_features=features["user"], item_features=features["item"])
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    """meta.json with the sha256 of every other file in the folder, written atomically (it is also
+    rewritten inside published folders, by distgnn.partition)."""
+    meta = dict(meta)
+    meta["checksums"] = checksums(folder, skip=("meta.json",))
+    write_json_atomic(meta, folder / "meta.json")

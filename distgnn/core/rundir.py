@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 import distgnn
-from distgnn.files import MARKER, check_plain_name, check_replaceable, write_bytes_atomic, write_json_atomic, write_marker
-from distgnn.config import config_to_dict
+from distgnn.core.files import MARKER, check_plain_name, check_replaceable, write_bytes_atomic, write_json_atomic, write_marker
+from distgnn.core.config import config_to_dict
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"

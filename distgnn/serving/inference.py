@@ -3,7 +3,7 @@ contiguous range of destination rows, one layer at a time.
 
     emb, info = distributed_embeddings(model, job, graph, num_workers=4)
 
-The arithmetic is that of :func:`distgnn.models.full_graph_embeddings` (same adjacency, same
+The arithmetic is that of :func:`distgnn.nn.models.full_graph_embeddings` (same adjacency, same
 per-chunk layer function, imported from there), so the result equals the single-process one to
 float tolerance (bitwise for LightGCN); only who computes which rows changes. Per layer the driver
 puts the current ``[N, d]`` table in Ray's object store once (actors on the same node read it
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import time
 import warnings
 from pathlib import Path
@@ -27,10 +28,10 @@ import psutil
 import torch
 from torch import Tensor, nn
 
-from distgnn.config import TrainJobConfig
-from distgnn.graph import Graph, load_graph
-from distgnn.models import BipartiteSAGE, LightGCN, _layer_rows, full_adjacency, full_graph_embeddings
-from distgnn.train import make_model, peak_rss_mb
+from distgnn.core.cluster import start_ray
+from distgnn.core.config import TrainJobConfig
+from distgnn.data.graph import Graph, load_graph
+from distgnn.nn.models import Recommender, full_adjacency, full_graph_embeddings, model_from_config
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ def row_ranges(indptr: Tensor, num_parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def layer_input(model: nn.Module) -> Tensor:
-    """``[N, d]`` input of the first layer: id embeddings, plus projected features for SAGE."""
-    if isinstance(model, BipartiteSAGE):
-        return model.inputs(torch.arange(model.embedding.num_embeddings))
-    return model.embedding.weight.detach()
-
-
 class LayerWorker:
     """One Ray actor: destination rows ``start..stop-1``, their adjacency (built once, in chunks of
     ``chunk_size`` rows, kept for every layer) and the model's layer weights.
@@ -85,7 +79,7 @@ class LayerWorker:
         # model is built on the meta device and only the layer weights are loaded: no [N, d] table
         # (or SAGE's [N, F] features) is allocated in any actor.
         with torch.device("meta"):
-            self.model = make_model(job, graph)
+            self.model = model_from_config(job.model, graph)
         missing, unexpected = self.model.load_state_dict(state, strict=False, assign=True)
         assert missing == [NODE_TABLE] and not unexpected, (missing, unexpected)
         self.model.eval()
@@ -114,34 +108,18 @@ class LayerWorker:
         out = torch.empty(self.stop - self.start, x.shape[1], dtype=x.dtype)
         for rows, adj_t in self.chunks:
             first = int(rows[0]) - self.start
-            out[first:first + rows.numel()] = _layer_rows(self.model, index, x, adj_t, rows)
+            out[first:first + rows.numel()] = self.model.layer(index, x, adj_t, x[rows])
         return out.numpy()
 
     def memory_mb(self) -> dict:
         """Peak RSS so far, and private memory now (USS: RSS less pages shared with other processes,
         such as the object store's layer tables this actor reads in place)."""
-        return {"peak_rss_mb": peak_rss_mb(), "uss_mb": psutil.Process().memory_full_info().uss / 2**20}
-
-
-def _init_ray(num_workers: int) -> float:
-    """Connect to ``RAY_ADDRESS``'s cluster if set, else start a local Ray with a CPU per worker
-    (unless Ray is already up); returns the seconds it took."""
-    import ray
-
-    t0 = time.perf_counter()
-    if ray.is_initialized():
-        return 0.0
-    runtime_env = {"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING, runtime_env=runtime_env)
-    else:
-        ray.init(num_cpus=max(num_workers, os.cpu_count() or 1), include_dashboard=False,
-                 logging_level=logging.WARNING, runtime_env=runtime_env)
-    return time.perf_counter() - t0
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return {"peak_rss_mb": peak_rss_mb, "uss_mb": psutil.Process().memory_full_info().uss / 2**20}
 
 
 @torch.no_grad()
-def distributed_embeddings(model: nn.Module, job: TrainJobConfig, graph: Graph, *, num_workers: int,
+def distributed_embeddings(model: Recommender, job: TrainJobConfig, graph: Graph, *, num_workers: int,
                            chunk_size: int = 65536, progress: bool = False) -> tuple[Tensor, dict]:
     """Exact ``[N, d]`` embeddings of every node (before any cosine normalisation), computed
     layer-wise by ``num_workers`` Ray actors; equal to :func:`full_graph_embeddings`.
@@ -155,7 +133,7 @@ def distributed_embeddings(model: nn.Module, job: TrainJobConfig, graph: Graph, 
 
     if model.num_layers == 0:  # MF: the embeddings are the table itself, nothing to distribute
         return full_graph_embeddings(model, graph.indptr, graph.indices), {"per_worker": []}
-    info: dict = {"ray_init_s": _init_ray(num_workers)}
+    info: dict = {"ray_init_s": start_ray(num_cpus=max(num_workers, os.cpu_count() or 1))}
     t0 = time.perf_counter()
     ranges = row_ranges(graph.indptr, num_workers)
     state = ray.put({k: v.cpu() for k, v in model.state_dict().items() if k != NODE_TABLE})
@@ -166,14 +144,13 @@ def distributed_embeddings(model: nn.Module, job: TrainJobConfig, graph: Graph, 
         described = ray.get([w.describe.remote() for w in workers])
         info["workers_start_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        x = layer_input(model).cpu().contiguous()
-        mean = x / (model.num_layers + 1) if isinstance(model, LightGCN) else None
+        x = model.inputs(torch.arange(model.embedding.num_embeddings)).detach().cpu().contiguous()
+        out = model.readout(None, x)
         for index in tqdm(range(model.num_layers), desc="layer-wise inference", unit="layer",
                           disable=not progress):
             table = ray.put(x.numpy())
             x = torch.from_numpy(np.concatenate(ray.get([w.layer.remote(index, table) for w in workers])))
-            if mean is not None:  # LightGCN: the mean over layers 0..L
-                mean = mean + x / (model.num_layers + 1)
+            out = model.readout(out, x)
         info["layers_s"] = time.perf_counter() - t0
         memory = ray.get([w.memory_mb.remote() for w in workers])
     finally:
@@ -182,4 +159,4 @@ def distributed_embeddings(model: nn.Module, job: TrainJobConfig, graph: Graph, 
     info["per_worker"] = [{**d, **m} for d, m in zip(described, memory)]
     log.info("%d Ray workers: started in %.1f s, %d layers in %.1f s", len(workers), info["workers_start_s"],
              model.num_layers, info["layers_s"])
-    return (mean if mean is not None else x), info
+    return out, info

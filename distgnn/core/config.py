@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from distgnn.errors import ConfigError
+from distgnn.core.errors import ConfigError
 
 
 def opt(default: Any, help: str, **kwargs: Any) -> Any:
@@ -50,16 +50,28 @@ class PrepareConfig:
                          "(train.txt/test.txt); empty = the synthetic generator")
     format: str = opt("auto", "input format", choices=("auto", "csv", "parquet", "ml-100k", "ml-1m",
                                                        "ml-latest", "lightgcn", "synthetic"))
-    output: str = opt("data/synthetic", "graph directory to write")
-    user_col: str = opt("user", "user id column (csv/parquet)")
-    item_col: str = opt("item", "item id column (csv/parquet)")
-    time_col: str = opt("", "timestamp column, empty if none (csv/parquet)")
-    rating_col: str = opt("", "rating column, empty if none (csv/parquet)")
+    output: str = opt("data/synthetic", "graph directory to write; refused when it is the current folder "
+                                        "or one above it, holds the input, or is a file")
+    user_col: str = opt("user", "user id column (csv/parquet). Ids are text, taken as written ('007' stays "
+                                "'007') without surrounding whitespace; other columns are ignored. An empty "
+                                "id, NaN or a missing-value marker (NA, null, ...) fails naming its row")
+    item_col: str = opt("item", "item id column (csv/parquet); ids as for user_col")
+    time_col: str = opt("", "timestamp column, empty if none (csv/parquet): whole numbers in any unit "
+                            "(negative ones too; they only order events) or dates/times (whole seconds); "
+                            "fractions and values beyond int64 fail")
+    rating_col: str = opt("", "rating column, empty if none (csv/parquet); NaN or infinite ratings fail")
     event_col: str = opt("", "event-type column such as click/buy, empty if none (csv/parquet)")
-    keep_events: str = opt("", "comma-separated event types kept as interactions; empty keeps all")
+    keep_events: str = opt("", "comma-separated event types kept as interactions; empty keeps all. Users "
+                               "and items left with no interaction are absent from the graph; if no row "
+                               "is left, it fails")
     csv_header: bool = opt(True, "whether a CSV input has a header row (without one, columns are "
-                                 "named 0, 1, 2, ... and the *_col options use those names)")
-    min_rating: float = opt(float("-inf"), "keep only interactions with rating >= this (implicit feedback)")
+                                 "named f0, f1, f2, ... and the *_col options use those names)")
+    delimiter: str = opt("auto", "CSV field separator: one character, tab, or auto (tab for .tsv files, "
+                                 "comma otherwise)")
+    min_rating: float = opt(float("-inf"), "keep only interactions with rating >= this (implicit feedback); "
+                                           "needs a rating column (rating_col for csv/parquet). Users and "
+                                           "items left with no interaction are absent from the graph; if "
+                                           "nothing is left, it fails")
     duplicates: str = opt("first", "policy for repeated (user, item) pairs: keep the first (earliest), "
                                    "the last, or fail", choices=("first", "last", "error"))
     split: str = opt("random", "how to split: random per user, temporal per user (latest interactions "
@@ -164,7 +176,7 @@ class ClusterConfig:
     partitioned: bool = opt(False, "each worker holds only its part of the graph and its rows of the "
                                    "embedding table; neighbors in other parts are sampled by their owner "
                                    "(needs GRAPH/parts with cluster.num_workers parts: python -m "
-                                   "distgnn.partition)")
+                                   "distgnn.data.partition)")
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,8 @@ class RunConfig:
     name: str = opt("", "run name; empty = a timestamped name. Re-using a name resumes that run")
     seed: int = opt(0, "seed for model initialisation, shuffling and sampling")
     crash_at_epoch: int = opt(-1, "testing aid: worker 0 exits abruptly once, in this epoch")
+    verbose: bool = opt(False, "also show Ray's own lines (a line per report and per checkpoint, internal "
+                               "warnings); off: what data, how many workers, a line per epoch, the results")
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,28 @@ class TrainJobConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    # What several stages derive from the same keys, derived in one place.
+    @property
+    def fanouts(self) -> tuple[int, ...]:
+        """Neighbors sampled per hop; none for MF, which has no message passing."""
+        return () if self.model.name == "mf" else self.sampler.num_neighbors
+
+    @property
+    def num_negatives(self) -> int:
+        """Uniform negatives per positive: BPR uses one."""
+        return 1 if self.optim.loss == "bpr" else self.optim.num_negatives
+
+    @property
+    def cosine_scores(self) -> bool:
+        """The (cosine) softmax loss scores by cosine; BPR by inner product."""
+        return self.optim.loss == "softmax"
+
+    @property
+    def scoring_metric(self) -> str:
+        """How exported vectors compare: inner product once normalised with an item-bias column
+        appended (they must not be normalised again), else cosine or inner product as trained."""
+        return "ip" if self.model.item_bias or not self.cosine_scores else "cosine"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,27 @@
+"""Starting Ray, once per process, the same way for every command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def start_ray(address: str = "", *, num_cpus: int | None = None, verbose: bool = False) -> float:
+    """Connect to the cluster of ``address`` or ``RAY_ADDRESS`` (what ``ray job submit`` sets), or
+    start a local one with ``num_cpus`` CPUs (default: all); returns the seconds it took, 0 when
+    Ray is already up. Workers import this checkout of distgnn, whatever their current folder."""
+    import ray
+
+    if ray.is_initialized():
+        return 0.0
+    t0 = time.perf_counter()
+    package_root = str(Path(__file__).resolve().parents[2])
+    kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.WARNING,
+                              "runtime_env": {"env_vars": {"PYTHONPATH": package_root}}}
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(address=address or None, **kwargs)
+    return time.perf_counter() - t0

@@ -1,0 +1,289 @@
+"""Recommender models over the homogeneous user-item graph. Architecture only: no data, no losses.
+
+Every model maps a (sub)graph to node embeddings: ``forward(n_id [n], adj_t [n, n]) -> [n, dim]``
+where ``n_id`` are global node ids and ``adj_t`` is a sparse CSR matrix whose row ``v`` holds the
+weighted incoming messages of node ``v``. The same forward serves a sampled subgraph in training
+and the whole graph (layer by layer, :func:`full_graph_embeddings`) in evaluation and export.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv, SAGEConv
+
+from distgnn.core.config import ModelConfig, TrainJobConfig
+from distgnn.data.graph import Graph, csr_row_positions
+
+# torch's CSR tensors are stable for the sparse @ dense products used here; its "beta" notice is noise.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+def lightgcn_edge_weight(degree: Tensor, src: Tensor, dst: Tensor, num_sampled: Tensor) -> Tensor:
+    """Message weights of LightGCN's propagation, unbiased under neighbor sampling.
+
+    Full graph: ``h_v = sum_{u in N(v)} h_u / sqrt(d_u d_v)``. With ``s_v`` of the ``d_v`` neighbors
+    sampled uniformly, scaling by ``d_v / s_v`` keeps the expectation exact:
+    ``w_uv = sqrt(d_v) / (s_v sqrt(d_u))``. Degrees are full-graph degrees, never sampled ones.
+
+    Args:
+        degree: ``[N]`` full training degree per global node id.
+        src, dst: ``[e]`` global node ids of each sampled edge (message ``src -> dst``).
+        num_sampled: ``[e]`` number of sampled neighbors of each edge's ``dst``.
+    """
+    d_src = degree[src].clamp(min=1).to(torch.float32)
+    d_dst = degree[dst].clamp(min=1).to(torch.float32)
+    return d_dst.sqrt() / (num_sampled.to(torch.float32) * d_src.sqrt())
+
+
+def sampled_adjacency(n_id: Tensor, row: Tensor, col: Tensor, degree: Tensor) -> Tensor:
+    """``adj_t [n, n]`` (sparse CSR) of a sampled subgraph with LightGCN weights.
+
+    ``row``/``col`` are local indices as PyG samplers return them: message ``row -> col``.
+    """
+    n = n_id.numel()
+    perm = torch.argsort(col, stable=True)
+    row, col = row[perm], col[perm]
+    counts = torch.bincount(col, minlength=n)
+    weight = lightgcn_edge_weight(degree, n_id[row], n_id[col], counts[col])
+    crow = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, row, weight, (n, n))
+
+
+def full_adjacency(indptr: Tensor, indices: Tensor, *, rows: Tensor | None = None) -> Tensor:
+    """``adj_t`` of the whole graph (or of the given destination rows) with weights ``1/sqrt(d_u d_v)``.
+
+    Returns ``[len(rows), N]`` sparse CSR; ``rows`` defaults to all nodes.
+    """
+    degree = indptr[1:] - indptr[:-1]
+    num_nodes = degree.numel()
+    if rows is None:
+        crow, col = indptr, indices
+        dst = torch.repeat_interleave(torch.arange(num_nodes), degree)
+    else:
+        segment, position = csr_row_positions(indptr, rows)
+        crow = torch.zeros(rows.numel() + 1, dtype=torch.long)
+        torch.cumsum(degree[rows], 0, out=crow[1:])
+        col, dst = indices[position], rows[segment]
+    weight = lightgcn_edge_weight(degree, col, dst, degree[dst])
+    return torch.sparse_csr_tensor(crow, col, weight, (crow.numel() - 1, num_nodes))
+
+
+def trim_rows(adj_t: Tensor, num_rows: int, num_cols: int) -> Tensor:
+    """The first ``num_rows`` rows of a CSR ``adj_t`` whose columns all fall below ``num_cols``
+    (a hop-ordered sampled subgraph: nodes up to hop h only hear from nodes up to hop h+1)."""
+    crow = adj_t.crow_indices()[: num_rows + 1]
+    nnz = int(crow[-1])
+    return torch.sparse_csr_tensor(crow, adj_t.col_indices()[:nnz], adj_t.values()[:nnz], (num_rows, num_cols))
+
+
+class Recommender(nn.Module):
+    """What every model here shares: an id embedding per node (users ``0..U-1``, items after them),
+    an optional learned logit offset per item, and one public per-layer step (:meth:`layer`) that
+    sampled training (:meth:`propagate`), exact evaluation and export (:func:`full_graph_embeddings`)
+    and the distributed exporter all call.
+
+    Args:
+        num_nodes: users + items.
+        dim: embedding size.
+        num_layers: message-passing layers ``L`` (0 for MF).
+        item_bias: learn one logit offset per node (users' rows stay unused and zero), added to an
+            item's score by the softmax loss; exported as one extra vector column.
+    """
+
+    mean_of_layers = False  # output = last layer; LightGCN overrides: the mean of layers 0..L
+
+    def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False):
+        super().__init__()
+        self.num_layers = num_layers
+        # sparse=True: gradients touch only the rows of a batch (and are exchanged as rows).
+        self.embedding = nn.Embedding(num_nodes, dim, sparse=True)
+        nn.init.normal_(self.embedding.weight, std=0.1)
+        self.bias_embedding = None
+        if item_bias:
+            # named *embedding and sparse, like the id table: SparseAdam updates only a batch's rows
+            self.bias_embedding = nn.Embedding(num_nodes, 1, sparse=True)
+            nn.init.zeros_(self.bias_embedding.weight)
+
+    def ego(self, n_id: Tensor) -> Tensor:
+        """Layer-0 id embeddings ``[n, dim]`` (what the L2 penalty regularises)."""
+        return self.embedding(n_id)
+
+    def inputs(self, n_id: Tensor) -> Tensor:
+        """``[n, dim]`` input of the first layer."""
+        return self.embedding(n_id)
+
+    def item_bias(self, nodes: Tensor) -> Tensor | None:
+        """``[n]`` learned logit offsets of item nodes, or None without an item bias."""
+        return None if self.bias_embedding is None else self.bias_embedding(nodes).squeeze(-1)
+
+    def layer(self, index: int, x: Tensor, adj_t: Tensor, x_dst: Tensor | None = None) -> Tensor:
+        """Layer ``index`` for the destination rows of ``adj_t [R, n]`` from ``x [n, dim]``;
+        ``x_dst [R, dim]`` are the destinations' own rows (models with a root weight use them)."""
+        raise NotImplementedError
+
+    def readout(self, out: Tensor | None, x: Tensor) -> Tensor:
+        """The running output after one more layer's result ``x`` (``out`` None at layer 0)."""
+        if not self.mean_of_layers:
+            return x
+        share = x / (self.num_layers + 1)
+        return share if out is None else out + share
+
+    def propagate(self, x: Tensor, adj_t: Tensor | None, hop_sizes: list[int] | None = None, *,
+                  noise: float = 0.0) -> Tensor:
+        """Outputs of a sampled subgraph from its nodes' inputs ``x [n, dim]``.
+
+        With ``hop_sizes`` (a sampled subgraph's ``num_sampled_nodes``: seeds, then each hop's new
+        nodes, numbered in that order) layer ``l`` computes only the rows later layers read (nodes up
+        to hop ``L-1-l``) and only the seeds' rows are returned: the same values for the seeds, with
+        most of the sparse work skipped (the last hop holds most nodes).
+
+        ``noise > 0`` perturbs each layer's output as SimGCL does: ``x + noise * sign(x) * r / |r|``,
+        ``r`` uniform in [0, 1)^d, so a row moves by ``noise`` within its own orthant.
+        """
+        num_nodes = x.shape[0]
+        reach = torch.tensor(hop_sizes).cumsum(0).tolist() if hop_sizes is not None else None
+        seeds = reach[0] if reach is not None else num_nodes
+        out = self.readout(None, x[:seeds])
+        for index in range(self.num_layers):
+            rows = reach[self.num_layers - 1 - index] if reach is not None else num_nodes
+            a = trim_rows(adj_t, rows, x.shape[0]) if rows < adj_t.shape[0] else adj_t
+            x = self.layer(index, x, a, x[:rows])
+            if noise:
+                x = x + noise * torch.sign(x) * torch.nn.functional.normalize(torch.rand_like(x), dim=-1)
+            out = self.readout(out, x[:seeds])
+        return out
+
+    def forward(self, n_id: Tensor, adj_t: Tensor | None, hop_sizes: list[int] | None = None) -> Tensor:
+        return self.propagate(self.inputs(n_id), adj_t, hop_sizes)
+
+
+class LightGCN(Recommender):
+    r"""LightGCN (He et al., 2020): ``e^{(l+1)} = \hat A e^{(l)}``, output ``\sum_l e^{(l)} / (L+1)``.
+    ``adj_t`` carries the symmetric normalisation (:func:`full_adjacency`) or its unbiased sampled
+    estimate (:func:`sampled_adjacency`)."""
+
+    mean_of_layers = True
+
+    def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False):
+        super().__init__(num_nodes, dim, num_layers, item_bias=item_bias)
+        self.conv = LGConv(normalize=False)
+
+    def layer(self, index: int, x: Tensor, adj_t: Tensor, x_dst: Tensor | None = None) -> Tensor:
+        return self.conv(x, adj_t)
+
+
+class MF(Recommender):
+    """Matrix factorisation: the zero-layer baseline, ``score(u, i) = <e_u, e_i>``."""
+
+    def __init__(self, num_nodes: int, dim: int, *, item_bias: bool = False):
+        super().__init__(num_nodes, dim, 0, item_bias=item_bias)
+
+
+class BipartiteSAGE(Recommender):
+    """GraphSAGE-style recommender: learnable id embeddings plus projected node features, then
+    ``num_layers`` mean-aggregating :class:`SAGEConv` layers with ReLU in between.
+
+    Args:
+        features: optional ``[N, F]`` float32 node features (zeros for nodes without any).
+    """
+
+    def __init__(self, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None, *,
+                 item_bias: bool = False):
+        super().__init__(num_nodes, dim, num_layers, item_bias=item_bias)
+        self.register_buffer("features", features, persistent=False)
+        self.feature_proj = nn.Linear(features.shape[1], dim) if features is not None else None
+        self.convs = nn.ModuleList(SAGEConv(dim, dim, aggr="mean") for _ in range(num_layers))
+
+    def inputs(self, n_id: Tensor) -> Tensor:
+        x = self.embedding(n_id)
+        if self.feature_proj is not None:
+            x = x + self.feature_proj(self.features[n_id])
+        return x
+
+    def layer(self, index: int, x: Tensor, adj_t: Tensor, x_dst: Tensor | None = None) -> Tensor:
+        # SAGEConv's mean aggregation ignores edge weights: a pattern-only copy of adj_t; the
+        # destinations' own rows go in PyG's bipartite (x_src, x_dst) form for the root weight.
+        pattern = torch.sparse_csr_tensor(adj_t.crow_indices(), adj_t.col_indices(),
+                                          torch.ones_like(adj_t.values()), adj_t.shape)
+        x_dst = x[: adj_t.shape[0]] if x_dst is None else x_dst
+        h = self.convs[index]((x, x_dst), pattern)
+        return h if index == self.num_layers - 1 else torch.relu(h)
+
+
+MODELS = ("lightgcn", "sage", "mf")
+
+
+def build_model(name: str, *, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None,
+                item_bias: bool = False) -> Recommender:
+    """The one factory: ``name`` in :data:`MODELS`; ``features`` are used by ``sage`` only."""
+    if name == "lightgcn":
+        return LightGCN(num_nodes, dim, num_layers, item_bias=item_bias)
+    if name == "mf":
+        return MF(num_nodes, dim, item_bias=item_bias)
+    if name == "sage":
+        return BipartiteSAGE(num_nodes, dim, num_layers, features, item_bias=item_bias)
+    raise ValueError(f"unknown model {name!r} (one of {', '.join(MODELS)})")
+
+
+def model_from_config(cfg: ModelConfig, graph: Graph) -> Recommender:
+    """The model a :class:`~distgnn.core.config.ModelConfig` describes, sized for ``graph``."""
+    features = graph.node_features() if cfg.name == "sage" and cfg.use_features else None
+    num_layers = 0 if cfg.name == "mf" else cfg.num_layers
+    return build_model(cfg.name, num_nodes=graph.num_nodes, dim=cfg.dim, num_layers=num_layers,
+                       features=features, item_bias=cfg.item_bias)
+
+
+@torch.no_grad()
+def full_graph_embeddings(model: Recommender, indptr: Tensor, indices: Tensor, *,
+                          chunk_size: int = 65536, progress: bool = False) -> Tensor:
+    """Exact embeddings of every node, layer by layer over the whole graph (no sampling).
+
+    Each layer is materialised for all nodes before the next, in chunks of destination rows, so
+    the cost is ``O(E * L * dim)`` and peak memory is a few ``[N, dim]`` tables.
+
+    Runs on the device of the model's weights (the graph stays on the CPU; each chunk's adjacency
+    is moved over). Returns ``[N, dim]`` float32 on the CPU.
+    """
+    from tqdm import tqdm
+
+    num_nodes = indptr.numel() - 1
+    device = model.embedding.weight.device
+    x = model.inputs(torch.arange(num_nodes, device=device)).detach()
+    out = model.readout(None, x)
+    chunks = [(layer, start) for layer in range(model.num_layers) for start in range(0, num_nodes, chunk_size)]
+    nxt = torch.empty_like(x)
+    for layer, start in tqdm(chunks, desc="layer-wise inference", unit="chunk", disable=not progress):
+        rows = torch.arange(start, min(start + chunk_size, num_nodes))
+        adj_t = full_adjacency(indptr, indices, rows=rows).to(device)
+        nxt[start:start + rows.numel()] = model.layer(layer, x, adj_t, x[start:start + rows.numel()])
+        if start + chunk_size >= num_nodes:  # layer complete: it becomes the next layer's input
+            x, nxt = nxt, torch.empty_like(nxt)
+            out = model.readout(out, x)
+    return out.cpu()
+
+
+def scoring_vectors(emb: Tensor, model: Recommender, *, cosine: bool, temperature: float,
+                    num_users: int) -> Tensor:
+    """``[N, d]`` model outputs -> vectors whose plain inner product ranks as the model scores:
+    normalised for cosine scoring, plus a column ``[1 | temperature * item bias]`` for a learned
+    item bias (``cos + t * b`` ranks as the logit ``cos / t + b``)."""
+    if cosine:
+        emb = torch.nn.functional.normalize(emb, dim=-1)
+    if model.bias_embedding is None:
+        return emb
+    column = model.bias_embedding.weight.detach().cpu().to(emb.dtype) * temperature
+    column[:num_users] = 1.0
+    return torch.cat([emb, column], dim=1)
+
+
+def exact_vectors(model: Recommender, graph: Graph, job: TrainJobConfig, *, chunk_size: int = 65536,
+                  progress: bool = False) -> Tensor:
+    """``[N, d]`` (``d + 1`` with an item bias) exact scoring vectors of every node: a plain inner
+    product ranks as the model does, in evaluation, export and FAISS alike."""
+    emb = full_graph_embeddings(model, graph.indptr, graph.indices, chunk_size=chunk_size, progress=progress)
+    return scoring_vectors(emb, model, cosine=job.cosine_scores, temperature=job.optim.temperature,
+                           num_users=graph.num_users)

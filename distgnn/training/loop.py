@@ -1,0 +1,192 @@
+"""The training loop: one plain function, the same in one process and in every Ray Train worker,
+for the replicated and the partitioned strategy alike.
+
+:func:`fit` reads top to bottom: build the strategy's loader; each epoch train, evaluate, keep the
+best model, report with a checkpoint; then test the best model. What differs between strategies
+(how a step gets its rows and averages its gradients, how evaluation embeddings are computed, how
+the best model is saved) is the strategy object (:mod:`.replicated`, :mod:`.partitioned`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distgnn.core import dist
+from distgnn.core.checkpoint import load_training_state, save_training_state
+from distgnn.core.config import OptimConfig, TrainJobConfig, config_to_dict
+from distgnn.core.errors import ConfigError
+from distgnn.core.files import write_json_atomic
+from distgnn.core.rundir import RESULTS_FILE, write_history
+from distgnn.training.checks import check_job
+
+log = logging.getLogger(__name__)
+
+ReportFn = Callable[[dict, "Path | None"], None]
+
+
+def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn | None = None,
+        restore: Path | None = None) -> dict[str, Any]:
+    """Train, validate every ``eval.every`` epochs, checkpoint, stop early; then test the best model.
+
+    Args:
+        strategy: a built :class:`~distgnn.training.replicated.Replicated` or
+            :class:`~distgnn.training.partitioned.Partitioned`.
+        report: called once per epoch with the metrics and a checkpoint folder (Ray Train's report).
+        restore: a checkpoint folder to resume from (the next epoch after the one it saved).
+
+    Returns the final results (test metrics of the model and of the popularity baseline).
+    """
+    check_job(job)
+    o, e = job.optim, job.eval
+    start_epoch, history, best = 0, [], None
+    if restore is not None:
+        state = load_training_state(restore, model=strategy.model, optimizers=strategy.optimizers,
+                                    name=strategy.state_file)
+        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        log.info("resumed from %s at epoch %d", restore, start_epoch)
+    loader, num_edges = strategy.make_loader(start_epoch)
+    steps = dist.all_reduce_min(len(loader))  # equal steps on every rank: each step runs collectives
+    if o.max_steps_per_epoch:
+        steps = min(steps, o.max_steps_per_epoch)
+    if steps == 0:
+        raise ConfigError(f"config key 'optim.batch_size': {o.batch_size} exceeds a worker's {num_edges} "
+                          "training edges; use fewer workers or smaller batches")
+    split = strategy.eval_split
+    log.info("%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s", dist.world_size(),
+             f"{num_edges:,}", steps, o.batch_size, split)
+
+    spent_s = sum(h["train_s"] + h.get("eval_s", 0.0) for h in history)
+    for epoch in range(start_epoch, o.epochs):
+        if o.time_budget_min and history and over_budget(history, spent_s, o.time_budget_min):
+            log.info("time budget of %g min reached after %d epochs: stopping", o.time_budget_min, epoch)
+            break
+        maybe_crash(job, run_dir, epoch)
+        t0 = time.perf_counter()
+        strategy.begin_epoch()
+        strategy.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for step, batch in zip(range(steps), loader):
+            set_lr(strategy.optimizers, scheduled_lr(o, (epoch + step / steps) / o.epochs))
+            loss = strategy.loss(batch)
+            for opt in strategy.optimizers:
+                opt.zero_grad()
+            loss.backward()
+            strategy.sync_gradients()
+            for opt in strategy.optimizers:
+                opt.step()
+            loss_sum += loss.detach().cpu()
+        train_s = dist.all_reduce_max(time.perf_counter() - t0)  # the slowest rank: same history everywhere
+        totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps})
+        record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"], "steps": steps,
+                                  "train_s": round(train_s, 3),
+                                  "edges_per_s": round(totals["steps"] * o.batch_size / train_s, 1),
+                                  **strategy.epoch_stats(steps)}
+        if (epoch + 1) % e.every == 0 or epoch == o.epochs - 1:
+            strategy.model.eval()
+            t1 = time.perf_counter()
+            record["eval"], record["eval_split"] = strategy.evaluate(split), split
+            record["eval_s"] = round(dist.all_reduce_max(time.perf_counter() - t1), 3)
+            # Without a validation split the last epoch is kept: choosing by test would be cheating.
+            if best is None or split == "test" or record["eval"][e.metric] > best["value"]:
+                best = {"epoch": epoch, "value": record["eval"][e.metric]}
+                strategy.save_best(run_dir, {"epoch": epoch, e.metric: best["value"], "config": config_to_dict(job)})
+        history.append(record)
+        spent_s += record["train_s"] + record.get("eval_s", 0.0)
+        if dist.rank() == 0:
+            write_history(run_dir, history)
+            log.info(epoch_line(record, e.metric))
+        stop = (split == "val" and e.patience > 0 and best is not None
+                and epoch - best["epoch"] >= e.patience * e.every)
+        report_epoch(report, {**flat_metrics(record), "stop": stop}, strategy, epoch, history, best)
+        if stop:
+            log.info("no %s improvement for %d epochs: stopping early", e.metric, epoch - best["epoch"])
+            break
+
+    info = strategy.load_best(run_dir)
+    strategy.model.eval()
+    results = {"model": job.model.name, "best_epoch": info["epoch"], "test": strategy.evaluate("test"),
+               "popularity_test": strategy.popularity("test"), "epochs_run": len(history),
+               "train_s": sum(h["train_s"] for h in history), "num_workers": dist.world_size(),
+               "peak_rss_mb_per_worker": dist.all_reduce_max(peak_rss_mb()), **strategy.results()}
+    if dist.rank() == 0:
+        write_json_atomic(results, run_dir / RESULTS_FILE)
+    if report is not None:
+        report({"final": True, **{f"test/{k}": v for k, v in results["test"].items()}}, None)
+    return results
+
+
+def scheduled_lr(o: OptimConfig, progress: float) -> float:
+    """Learning rate at ``progress`` (fraction of ``optim.epochs`` done, in [0, 1]). A pure function
+    of progress rather than a stateful scheduler, so a resumed run continues the same curve."""
+    if o.lr_schedule == "constant":
+        return o.lr
+    final = o.lr * o.lr_final_fraction
+    return final + (o.lr - final) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def over_budget(history: list[dict], spent_s: float, budget_min: float) -> bool:
+    """True when one more epoch, as long as the slowest so far, would end past the budget. Every
+    rank decides from the same reduced history, so all stop together."""
+    longest_s = max(h["train_s"] + h.get("eval_s", 0.0) for h in history)
+    return spent_s + longest_s > 60 * budget_min
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def flat_metrics(record: dict) -> dict:
+    """An epoch record as one flat dict of numbers (what Ray Train's report takes)."""
+    out = {k: v for k, v in record.items() if not isinstance(v, dict)}
+    out.update({f"{record.get('eval_split', 'val')}/{k}": v for k, v in record.get("eval", {}).items()})
+    return out
+
+
+def report_epoch(report: ReportFn | None, metrics: dict, strategy: Any, epoch: int, history: list,
+                 best: dict | None) -> None:
+    """Report an epoch with a checkpoint: rank 0's copy of a replicated state, or every rank's own
+    shard (Ray merges the files into one folder)."""
+    if report is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = None
+        if strategy.every_rank_checkpoints or dist.rank() == 0:
+            folder = save_training_state(Path(tmp), model=strategy.model, optimizers=strategy.optimizers,
+                                         epoch=epoch, history=history, best=best, name=strategy.state_file)
+        report(metrics, folder)
+
+
+def maybe_crash(job: TrainJobConfig, run_dir: Path, epoch: int) -> None:
+    """Testing aid: worker 0 dies abruptly once, at the start of ``run.crash_at_epoch``."""
+    marker = run_dir / ".crashed-once"
+    if epoch == job.run.crash_at_epoch and dist.rank() == 0 and not marker.exists():
+        marker.touch()
+        log.warning("crash_at_epoch=%d: worker 0 exits now (testing fault tolerance)", epoch)
+        os._exit(1)
+
+
+def epoch_line(record: dict, metric: str) -> str:
+    """One log line per epoch: loss, time, throughput and the validation metrics."""
+    text = (f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  train {record['train_s']:.1f}s  "
+            f"{record['edges_per_s']:,.0f} edges/s")
+    if "eval" in record:
+        shown = dict.fromkeys([metric, "recall@20", "ndcg@20"])
+        text += "".join(f"  {record['eval_split']} {m} {record['eval'][m]:.4f}" for m in shown if m in record["eval"])
+    return text

@@ -1,0 +1,442 @@
+"""The partitioned strategy: each worker holds only its part of the graph and its rows of the
+embedding tables.
+
+    python -m distgnn.partition --graph data/gowalla --partitions 2
+    python -m distgnn.train --graph data/gowalla --cluster.partitioned true --cluster.num_workers 2
+
+Worker ``r`` of ``P`` loads ``parts/part-r`` (the CSR rows of the nodes it owns, in both directions,
+with global neighbor ids, and the training edges of its users), the ``[N]`` node -> part map, and
+the ``[N]`` full-graph degrees LightGCN's weights need. Nothing else of the graph is read.
+
+- **Sampling across parts.** Hop by hop, the frontier is grouped by owner and sent to the owners
+  with one ``all_to_all``; each owner samples its nodes' neighbors in its own CSR (the same
+  vectorised :func:`~distgnn.nn.sampler.sample_neighbors`) and sends them back with a second.
+  Entries are then put back in frontier order, so the subgraph has exactly the layout and
+  distribution of single-machine sampling (:func:`~distgnn.nn.sampler.expand_subgraph` is shared).
+- **Row-sharded tables.** A worker stores the embedding rows, item-bias rows and SparseAdam state of
+  the nodes it owns. A step fetches the rows its subgraph and its candidates touch from their owners;
+  after ``backward`` it sends their gradients back (:mod:`distgnn.training.exchange`), so one sparse
+  SparseAdam step updates exactly the touched rows. Communication per step is proportional to the
+  rows a batch touches, never to the size of the tables.
+
+The epoch loop is :func:`distgnn.training.loop.fit`, the same as for the replicated strategy.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor, nn
+from torch_geometric.data import Data
+
+from distgnn.core import dist
+from distgnn.core.checkpoint import load_checked, save_checked, save_model
+from distgnn.core.config import TrainJobConfig
+from distgnn.data.graph import ItemSets, csr_row_positions, item_sets_from_pairs
+from distgnn.data.partition import Partition, global_to_local, load_partition
+from distgnn.eval.metrics import evaluate_popularity, evaluate_ranking, finalize
+from distgnn.eval.protocol import evaluated_users
+from distgnn.nn.loaders import link_loader, positive_draw_weights
+from distgnn.nn.models import Recommender, build_model, lightgcn_edge_weight, sampled_adjacency
+from distgnn.nn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
+from distgnn.training.exchange import Fetched, Traffic, block_sums, exchange, fetch_rows, group_by_owner, \
+    push_gradients
+from distgnn.training.objective import candidate_log_q, contrastive_term, link_loss, make_optimizers, positive_cells
+
+log = logging.getLogger(__name__)
+
+SHARDS_DIR = "model-parts"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling across parts
+
+
+def remote_neighbors(partition: Partition, frontier: Tensor, k: int, *, replace: bool,
+                     generator: torch.Generator | None, traffic: Traffic | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Up to ``k`` uniform neighbors of each frontier node, each sampled by the part owning it.
+
+    Every rank must call this together (it runs three ``all_to_all``), with its own frontier.
+
+    Returns:
+        ``(segment, neighbor, edge)`` as :func:`~distgnn.nn.sampler.expand_subgraph` wants them: entries
+        grouped by frontier node in frontier order; ``edge`` is -1 (edge ids are local to a part).
+    """
+    world = dist.world_size()
+    order, counts = group_by_owner(frontier, partition.node_part, world)
+    asked, asked_counts = exchange(frontier.index_select(0, order), counts, traffic)
+    rows = global_to_local(partition, asked)
+    if bool((rows < 0).any()):
+        raise RuntimeError(f"part {partition.part_id} was asked for nodes it does not own; "
+                           "the workers disagree about the partition")
+    segment, position = sample_neighbors(partition.indptr, partition.indices, rows, k, replace=replace,
+                                         generator=generator)
+    neighbor = partition.indices.index_select(0, position)
+    per_request = torch.bincount(segment, minlength=asked.numel())
+    got_per_node, _ = exchange(per_request, asked_counts, traffic, recv_counts=counts)
+    got, _ = exchange(neighbor, block_sums(per_request, asked_counts), traffic,
+                      recv_counts=block_sums(got_per_node, counts))
+    # got lists the neighbors of frontier[order[0]], then of frontier[order[1]], ...: map the
+    # entries back to frontier positions and restore frontier order (stable, so the owner's draw
+    # order within a node is kept).
+    owner_segment = order.index_select(0, torch.repeat_interleave(torch.arange(order.numel()), got_per_node))
+    back = torch.argsort(owner_segment, stable=True)
+    if traffic is not None:
+        traffic.frontier_nodes += frontier.numel()
+        traffic.remote_frontier_nodes += frontier.numel() - int(counts[dist.rank()])
+    return owner_segment[back], got[back], torch.full((got.numel(),), -1, dtype=torch.long)
+
+
+class PartitionedNeighborSampler(NeighborSampler):
+    """:class:`~distgnn.nn.sampler.NeighborSampler` over a partitioned graph: neighbors of nodes other
+    parts own are sampled by those parts (see :func:`remote_neighbors`); negatives are drawn locally,
+    since a batch's users (the seeds' sources) are always owned by this part.
+
+    Every rank must draw the same number of batches, in step (each batch runs collectives).
+    """
+
+    def __init__(self, partition: Partition, num_neighbors: list[int], *, replace: bool = False,
+                 seed: int | None = None, traffic: Traffic | None = None):
+        self.partition = partition
+        self.traffic = traffic
+        self._init_sampling(num_neighbors, num_users=partition.num_users, num_items=partition.num_items,
+                            replace=replace, seed=seed)
+
+    def _sample_subgraph(self, seeds: Tensor):
+        def neighbors(frontier: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+            return remote_neighbors(self.partition, frontier, k, replace=self.replace,
+                                    generator=self.generator, traffic=self.traffic)
+
+        return expand_subgraph(seeds.long(), self.num_neighbors, neighbors, node_map=self._node_map)
+
+    def sample_negative_items(self, users: Tensor, num_per_user: int) -> Tensor:
+        self._enter_process()
+        rows = global_to_local(self.partition, users.long())
+        if bool((rows < 0).any()):
+            raise ValueError(f"part {self.partition.part_id}: negatives asked for users it does not own")
+        # csr_contains works on the part's CSR: its neighbor ids are global, rows sorted
+        neg = sample_negative_items(self.partition.indptr, self.partition.indices, rows, num_per_user,
+                                    num_users=self.num_users, num_items=self.num_items, generator=self.generator)
+        return neg
+
+
+# ---------------------------------------------------------------------------------------------------
+# The worker's view of the graph
+
+
+@dataclass(frozen=True)
+class PartView:
+    """What a worker holds: its part, the routing arrays and its users' held-out items."""
+
+    partition: Partition
+    degree: Tensor  # [N] full-graph training degree of every node
+    num_owned_users: int
+    val: ItemSets  # over local user rows 0..num_owned_users-1, item indices
+    test: ItemSets
+
+    @property
+    def train(self) -> ItemSets:
+        """Training items of the owned users: the part's user rows (item node ids -> item indices)."""
+        p = self.partition
+        end = int(p.indptr[self.num_owned_users])
+        return ItemSets(p.indptr[: self.num_owned_users + 1], p.indices[:end] - p.num_users)
+
+    def split(self, name: str) -> ItemSets:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+
+def held_bytes(view: PartView, model: nn.Module) -> dict[str, int]:
+    """Bytes of what a worker holds between steps: its part's structure and features, the routing
+    arrays, its embedding rows and their two Adam moments."""
+    p = view.partition
+    structure = sum(t.numel() * t.element_size() for t in (p.nodes, p.indptr, p.indices, p.train_edges))
+    params = sum(t.numel() * t.element_size() for t in model.parameters())
+    return {"structure": structure,
+            "features": p.features.numel() * p.features.element_size() if p.features is not None else 0,
+            "routing": p.node_part.numel() * p.node_part.element_size() + view.degree.numel() * 8,
+            "embeddings_and_adam": 3 * params}
+
+
+def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartView:
+    """Load this worker's part (checksums verified) and what it needs besides."""
+    graph_dir = Path(graph_dir)
+    partition = load_partition(graph_dir, rank, num_parts=world_size)
+    # Degrees of every node: LightGCN weighs a message by both ends' full-graph degrees. [N] int64
+    # from the global row pointer, read once; the rest of the global CSR is never touched.
+    indptr = np.load(graph_dir / "graph" / "indptr.npy", mmap_mode="r")
+    degree = torch.from_numpy(np.diff(indptr))
+    num_owned_users = int(torch.searchsorted(partition.nodes, partition.num_users))
+    held_out = {}
+    for name in ("val", "test"):
+        table = pq.read_table(graph_dir / f"{name}.parquet", columns=["user", "item"])
+        user = torch.from_numpy(table["user"].to_numpy().astype(np.int64))
+        row = global_to_local(partition, user)
+        keep = (row >= 0) & (row < num_owned_users)
+        held_out[name] = item_sets_from_pairs(row[keep].numpy(), table["item"].to_numpy()[keep.numpy()],
+                                              num_owned_users)
+    return PartView(partition=partition, degree=degree, num_owned_users=num_owned_users,
+                    val=held_out["val"], test=held_out["test"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exact embeddings and evaluation, partitioned
+
+
+def row_chunks(indptr: Tensor, max_entries: int) -> list[tuple[int, int]]:
+    """Consecutive ``(start, end)`` row ranges of a CSR holding at most ``max_entries`` entries each
+    (a single row longer than that gets a range of its own). Rows, not entries, are the natural
+    unit, but power-law graphs put 10^4-10^5 entries in one hub row."""
+    num_rows, bounds = indptr.numel() - 1, [0]
+    while bounds[-1] < num_rows:
+        start = bounds[-1]
+        end = int(torch.searchsorted(indptr, indptr[start] + max_entries, right=True)) - 1
+        bounds.append(min(max(end, start + 1), num_rows))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@torch.no_grad()
+def partitioned_embeddings(model: Recommender, view: PartView, *, max_entries: int = 1 << 19,
+                           traffic: Traffic | None = None) -> Tensor:
+    """Exact (unsampled) output embeddings of the nodes this part owns, ``[n_p, d]``.
+
+    Layer-wise, as :func:`distgnn.nn.models.full_graph_embeddings`: each layer is materialised for
+    every node before the next, in chunks of owned rows holding at most ``max_entries`` adjacency
+    entries; for each chunk the worker fetches the previous layer's rows of the chunk's neighbors
+    from their owners and applies the model's layer to the chunk's rows of the normalised adjacency.
+    Chunks bound the extra memory to a few ``[max_entries]`` index buffers and ``[max_entries, d]``
+    fetched rows.
+    """
+    p = view.partition
+    x = model.embedding.weight.detach()
+    out = model.readout(None, x)
+    if model.num_layers > 0:
+        chunks = row_chunks(p.indptr, max_entries)
+        # every rank runs the same number of chunks (each one is a collective); spare ones are empty
+        chunks += [(p.num_nodes, p.num_nodes)] * (int(dist.all_reduce_max(len(chunks))) - len(chunks))
+        for index in range(model.num_layers):
+            layer, x = x, torch.empty_like(x)
+            for start, end in chunks:
+                rows = torch.arange(start, end)
+                adj_t, halo = chunk_adjacency(view, rows)
+                x_halo, _ = fetch_rows(lambda r, layer=layer: layer.index_select(0, r), p, halo, traffic)
+                x[rows] = model.layer(index, x_halo, adj_t)
+            out = model.readout(out, x)
+    return out
+
+
+def chunk_adjacency(view: PartView, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """``(adj_t [len(rows), len(halo)], halo)``: LightGCN-normalised rows of owned nodes ``rows``
+    (local ids) against ``halo``, the distinct global ids of their neighbors."""
+    p = view.partition
+    segment, position = csr_row_positions(p.indptr, rows)
+    neighbor = p.indices.index_select(0, position)
+    halo, column = torch.unique(neighbor, return_inverse=True)
+    dst = p.nodes.index_select(0, rows).index_select(0, segment)
+    weight = lightgcn_edge_weight(view.degree, neighbor, dst, view.degree.index_select(0, dst))
+    crow = torch.zeros(rows.numel() + 1, dtype=torch.long)
+    torch.cumsum(p.indptr.index_select(0, rows + 1) - p.indptr.index_select(0, rows), 0, out=crow[1:])
+    return torch.sparse_csr_tensor(crow, column, weight, (rows.numel(), halo.numel())), halo
+
+
+def gather_items(embeddings: Tensor, view: PartView) -> Tensor:
+    """``[I, d]`` embeddings of all items on every worker (ranking scores every item)."""
+    p, world = view.partition, dist.world_size()
+    item_rows = embeddings[view.num_owned_users:]
+    ids = p.nodes[view.num_owned_users:] - p.num_users
+    counts = torch.full((world,), ids.numel(), dtype=torch.long)
+    all_ids, _ = exchange(ids.repeat(world), counts)
+    all_rows, _ = exchange(item_rows.repeat(world, 1), counts)
+    items = torch.empty(p.num_items, embeddings.shape[1], dtype=embeddings.dtype)
+    items[all_ids] = all_rows
+    return items
+
+
+def evaluated_rows(view: PartView, max_users: int) -> Tensor:
+    """Local rows of this part's users that evaluation scores (all, or those in the global sample)."""
+    rows = torch.arange(view.num_owned_users)
+    mask = evaluated_users(view.partition.num_users, max_users)
+    return rows if mask is None else rows[mask[view.partition.nodes[: view.num_owned_users]]]
+
+
+@torch.no_grad()
+def evaluate_partitioned(embeddings: Tensor, view: PartView, split: str, ks: tuple[int, ...], *,
+                         batch_size: int, max_users: int = 0) -> dict[str, float]:
+    """Full-ranking metrics of this worker's users against all items, summed over workers."""
+    items = gather_items(embeddings, view)
+    exclude = [view.train] + ([view.val] if split == "test" else [])
+    truth = view.split(split)
+    sums = evaluate_ranking(embeddings[: view.num_owned_users], items, evaluated_rows(view, max_users),
+                            [(s.indptr, s.indices) for s in exclude], (truth.indptr, truth.indices),
+                            list(ks), batch_size=batch_size)
+    return finalize(dist.all_reduce_sum(sums))
+
+
+def popularity_partitioned(view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int,
+                           max_users: int = 0) -> dict[str, float]:
+    exclude = [view.train] + ([view.val] if split == "test" else [])
+    truth = view.split(split)
+    item_degree = view.degree[view.partition.num_users:].to(torch.float32)
+    sums = evaluate_popularity(item_degree, evaluated_rows(view, max_users),
+                               [(s.indptr, s.indices) for s in exclude], (truth.indptr, truth.indices),
+                               list(ks), batch_size=batch_size)
+    return finalize(dist.all_reduce_sum(sums))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model shards on disk
+
+
+def save_shard(folder: Path, model: Recommender, view: PartView, info: dict) -> None:
+    """This part's embedding rows with their global node ids: ``folder/part-XXX.pt``."""
+    save_checked({"nodes": view.partition.nodes.clone(), "model": model.state_dict(), "info": info},
+                folder / f"part-{view.partition.part_id:03d}.pt")
+
+
+def load_shard(folder: Path, model: Recommender, view: PartView) -> dict:
+    state = load_checked(folder / f"part-{view.partition.part_id:03d}.pt", "model shard")
+    model.load_state_dict(state["model"])
+    return state["info"]
+
+
+def assemble_model(folder: Path, num_parts: int, out: Path) -> None:
+    """Write one whole-graph ``model.pt`` (what export reads) from the per-part best shards in
+    ``folder``. Runs in the driver after training: the only place where the full table is held."""
+    shards = [load_checked(folder / f"part-{p:03d}.pt", "model shard") for p in range(num_parts)]
+    num_nodes = sum(s["nodes"].numel() for s in shards)
+    state: dict[str, Tensor] = {}
+    for key in shards[0]["model"]:
+        first = shards[0]["model"][key]
+        if key.endswith("embedding.weight"):
+            table = first.new_empty((num_nodes,) + tuple(first.shape[1:]))
+            for s in shards:
+                table[s["nodes"]] = s["model"][key]
+            state[key] = table
+        else:
+            state[key] = first
+    save_model(out, state, shards[0]["info"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The strategy
+
+
+class Partitioned:
+    """Worker ``r`` holds part ``r`` and its rows of the tables (see the module notes). The best
+    model is kept as one shard per part (``run_dir/model-parts/``) and joined into ``model.pt`` by
+    the driver (:func:`assemble_model`)."""
+
+    every_rank_checkpoints = True  # each rank's state is its own shard
+
+    def __init__(self, job: TrainJobConfig, *, device: torch.device = torch.device("cpu")):
+        rank = dist.rank()
+        self.job, self.state_file = job, f"state-part-{rank:03d}.pt"
+        self.view = load_part_view(job.graph, rank, dist.world_size())
+        torch.manual_seed(job.run.seed + 7 * rank)  # each part initialises its own rows
+        m = job.model
+        self.model = build_model(m.name, num_nodes=self.view.partition.num_nodes, dim=m.dim,
+                                 num_layers=0 if m.name == "mf" else m.num_layers, item_bias=m.item_bias)
+        self.optimizers = make_optimizers(self.model, job.optim.lr)
+        self.traffic = Traffic()
+        self.fetched: list[tuple[Tensor, Fetched]] = []
+        self.item_log_q: Tensor | None = None
+        self.eval_split = "val" if dist.all_reduce_sum({"n": self.view.val.counts.sum()})["n"] > 0 else "test"
+
+    def make_loader(self, start_epoch: int):
+        job, p, rank = self.job, self.view.partition, dist.rank()
+        sampler = PartitionedNeighborSampler(p, list(job.fanouts), replace=job.sampler.replace,
+                                             seed=job.run.seed + 7919 * rank + start_epoch, traffic=self.traffic)
+        torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batch order per rank
+        edges = p.train_edges
+        if job.optim.loss == "softmax" and job.optim.log_q:
+            weights = positive_draw_weights(edges, p.num_users, p.num_items, job.optim.edge_sampling)
+            self.item_log_q = candidate_log_q(weights, job.optim)
+        loader = link_loader(sampler, p.node_part.numel(), edges, batch_size=job.optim.batch_size,
+                             num_negatives=job.num_negatives, edge_sampling=job.optim.edge_sampling)
+        log.info("part %d: %s nodes, %s training edges", rank, f"{p.num_nodes:,}", f"{edges.shape[1]:,}")
+        return loader, edges.shape[1]
+
+    def begin_epoch(self) -> None:
+        self.epoch_start = Traffic(**self.traffic.as_dict())
+
+    def fetch(self, table: torch.nn.Embedding, nodes: Tensor) -> Tensor:
+        """Rows of ``nodes`` (global ids) of a row-sharded table; their gradients go back to the
+        owners in :meth:`sync_gradients`. Collective."""
+        x, fetched = fetch_rows(table, self.view.partition, nodes, self.traffic)
+        self.fetched.append((x, fetched))
+        return x
+
+    def loss(self, batch: Data) -> Tensor:
+        model, view, o = self.model, self.view, self.job.optim
+        p, n_id = view.partition, batch.n_id
+        x = self.fetch(model.embedding, n_id)
+        adj_t = None
+        if model.num_layers:
+            adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], view.degree)
+        out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
+        user_rows = global_to_local(p, n_id[batch.src_index])
+        bias = None if model.bias_embedding is None else \
+            lambda nodes: self.fetch(model.bias_embedding, nodes).squeeze(-1)
+        loss = link_loss(out, lambda local: x[local], batch, o, self.item_log_q,
+                         lambda rows, cand: positive_cells(p.indptr, p.indices, rows, cand),
+                         num_users=p.num_users, user_rows=user_rows, item_bias=bias)
+        if o.contrastive_weight > 0:
+            loss = loss + o.contrastive_weight * contrastive_term(model, x, adj_t, batch, o)
+        return loss
+
+    def sync_gradients(self) -> None:
+        for x, fetched in self.fetched:  # the same order on every rank
+            push_gradients(x, fetched, self.traffic)
+        self.fetched = []
+
+    def epoch_stats(self, steps: int) -> dict:
+        """The epoch's traffic per step and worker (collective)."""
+        delta = {k: v - getattr(self.epoch_start, k) for k, v in self.traffic.as_dict().items()}
+        return {"traffic": traffic_summary(dist.all_reduce_sum(delta), steps, dist.world_size())}
+
+    def results(self) -> dict:
+        """What the run's results add for this strategy: memory held per worker (MiB)."""
+        held = {k: dist.all_reduce_max(v / 2**20) for k, v in held_bytes(self.view, self.model).items()}
+        return {"partitioned": True, "held_mb": held}
+
+    def vectors(self) -> Tensor:
+        """Scoring vectors of the owned nodes: normalised for cosine, item-bias column appended."""
+        model, job, p = self.model, self.job, self.view.partition
+        out = partitioned_embeddings(model, self.view)
+        if job.cosine_scores:
+            out = torch.nn.functional.normalize(out, dim=-1)
+        if model.bias_embedding is not None:
+            column = model.bias_embedding.weight.detach() * job.optim.temperature
+            column[: self.view.num_owned_users] = 1.0
+            out = torch.cat([out, column], dim=1)
+        return out
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        e = self.job.eval
+        return evaluate_partitioned(self.vectors(), self.view, split, e.ks, batch_size=e.batch_size,
+                                    max_users=e.max_users)
+
+    def popularity(self, split: str) -> dict[str, float]:
+        e = self.job.eval
+        return popularity_partitioned(self.view, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
+
+    def save_best(self, run_dir: Path, info: dict) -> None:
+        save_shard(run_dir / SHARDS_DIR, self.model, self.view, info)
+
+    def load_best(self, run_dir: Path) -> dict:
+        dist.barrier()
+        return load_shard(run_dir / SHARDS_DIR, self.model, self.view)
+
+
+def traffic_summary(totals: dict[str, float], steps: int, world_size: int) -> dict[str, float]:
+    """Per-step, per-worker averages of an epoch's traffic (sums over workers come in)."""
+    per = steps * world_size
+    return {"bytes_sent_per_step": totals["bytes_sent"] / per,
+            "remote_sample_fraction": totals["remote_frontier_nodes"] / max(totals["frontier_nodes"], 1),
+            "rows_fetched_per_step": totals["rows_fetched"] / per,
+            "remote_row_fraction": totals["remote_rows_fetched"] / max(totals["rows_fetched"], 1)}

@@ -1,0 +1,120 @@
+"""The replicated strategy: every worker memory-maps the whole graph and holds a full copy of the
+model; it trains on its own shard of the training edges; after ``backward`` the gradients are
+averaged over workers (the touched embedding rows and the dense weights, :mod:`.gradients`).
+
+What :func:`distgnn.training.loop.fit` asks of a strategy: ``model``, ``optimizers``,
+``make_loader``, ``loss``, ``sync_gradients``, ``evaluate``, ``popularity``, ``save_best``,
+``load_best``, ``begin_epoch`` and ``epoch_stats``. The partitioned strategy answers the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+
+from distgnn.core import dist
+from distgnn.core.checkpoint import BEST_MODEL, STATE_FILE, load_model_state, save_model
+from distgnn.core.config import TrainJobConfig
+from distgnn.data.graph import Graph, load_graph
+from distgnn.eval.protocol import eval_split, evaluate, evaluate_popularity_baseline
+from distgnn.nn.loaders import link_loader, positive_draw_weights
+from distgnn.nn.models import exact_vectors, model_from_config, sampled_adjacency
+from distgnn.nn.sampler import make_sampler
+from distgnn.training.gradients import average_gradients
+from distgnn.training.objective import (candidate_log_q, contrastive_term, link_loss, make_optimizers,
+                                        positive_cells)
+
+
+def shard_edges(graph: Graph, rank: int, world_size: int, seed: int) -> Tensor:
+    """This worker's training edges as ``edge_label_index [2, E_r]`` (user node, item node): a fixed
+    random permutation dealt round-robin, so shards differ in size by at most one edge."""
+    user, item = graph.train_edges
+    perm = torch.randperm(user.numel(), generator=torch.Generator().manual_seed(seed))[rank::world_size]
+    return torch.stack([user[perm], item[perm] + graph.num_users])
+
+
+class Replicated:
+    state_file = STATE_FILE
+    every_rank_checkpoints = False  # the state is the same on every rank: rank 0's copy is enough
+
+    def __init__(self, job: TrainJobConfig, *, device: torch.device = torch.device("cpu")):
+        self.job, self.device = job, device
+        torch.manual_seed(job.run.seed)  # same initial weights on every rank
+        self.graph = load_graph(job.graph)
+        self.model = model_from_config(job.model, self.graph).to(device)
+        self.optimizers = make_optimizers(self.model, job.optim.lr)
+        self.eval_split = eval_split(self.graph)
+        self.item_log_q: Tensor | None = None
+
+    def make_loader(self, start_epoch: int):
+        """The worker's loader (its shard of the edges), seeded per rank and epoch of (re)start."""
+        job, graph, rank = self.job, self.graph, dist.rank()
+        torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batches per rank
+        edges = shard_edges(graph, rank, dist.world_size(), job.run.seed)
+        sampler = make_sampler(graph.indptr, graph.indices, list(job.fanouts), num_users=graph.num_users,
+                               num_items=graph.num_items, backend=job.sampler.backend,
+                               replace=job.sampler.replace, seed=job.run.seed + 7919 * rank + start_epoch)
+        sampler.hard_negative_pool = job.optim.hard_negative_pool  # vectors: refreshed each epoch
+        if job.optim.loss == "softmax" and job.optim.log_q:
+            self.item_log_q = candidate_log_q(positive_draw_weights(edges, graph.num_users, graph.num_items,
+                                                                    job.optim.edge_sampling), job.optim)
+        self.loader = link_loader(sampler, graph.num_nodes, edges, batch_size=job.optim.batch_size,
+                                  num_negatives=job.num_negatives, edge_sampling=job.optim.edge_sampling)
+        return self.loader, edges.shape[1]
+
+    def begin_epoch(self) -> None:
+        if self.job.optim.hard_negative_pool > 1:  # mine with the model as it is now (~0.2 s on Gowalla)
+            self.loader.link_sampler.scoring_vectors = self.vectors()
+
+    def loss(self, batch: Data) -> Tensor:
+        """Loss of one sampled batch: forward over the subgraph, then BPR or sampled softmax.
+        Sampling and index bookkeeping stay on the CPU; the model's arithmetic runs on the device."""
+        model, graph, device, o = self.model, self.graph, self.device, self.job.optim
+        n_id = batch.n_id
+        adj_t = None
+        if model.num_layers:
+            adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], graph.degree).to(device)
+        x = model.inputs(n_id.to(device))
+        out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
+        loss = link_loss(out, lambda local: model.ego(n_id[local].to(device)), batch, o, self.item_log_q,
+                         lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
+                         num_users=graph.num_users,
+                         item_bias=None if model.bias_embedding is None else
+                         lambda nodes: model.item_bias(nodes.to(device)))
+        if o.contrastive_weight > 0:
+            loss = loss + o.contrastive_weight * contrastive_term(model, x, adj_t, batch, o)
+        return loss
+
+    def sync_gradients(self) -> None:
+        average_gradients(self.model)
+
+    def epoch_stats(self, steps: int) -> dict:
+        return {}
+
+    def results(self) -> dict:
+        return {}
+
+    def vectors(self) -> Tensor:
+        return exact_vectors(self.model, self.graph, self.job)
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        e = self.job.eval
+        return evaluate(self.vectors(), self.graph, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
+
+    def popularity(self, split: str) -> dict[str, float]:
+        e = self.job.eval
+        return evaluate_popularity_baseline(self.graph, split, e.ks, batch_size=e.batch_size,
+                                            max_users=e.max_users)
+
+    def save_best(self, run_dir: Path, info: dict) -> None:
+        if dist.rank() == 0:
+            save_model(run_dir / BEST_MODEL, self.model.state_dict(), info)
+
+    def load_best(self, run_dir: Path) -> dict:
+        dist.barrier()  # rank 0 has written the best model
+        state = load_model_state(run_dir / BEST_MODEL)
+        self.model.load_state_dict(state["model"])
+        return state["info"]
