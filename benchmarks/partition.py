@@ -96,7 +96,7 @@ def main() -> None:
     graphs = args.graph
     if not graphs:
         from distgnn.core.config import PrepareConfig
-        from distgnn.prepare import prepare
+        from distgnn.data.prepare import prepare
 
         graphs = [str(prepare(PrepareConfig(output=str(Path(tempfile.mkdtemp()) / "synthetic"))))]
 

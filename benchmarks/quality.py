@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distgnn.core.config import PrepareConfig, TrainJobConfig, load_config, replace_nested
 from distgnn.data.graph import load_graph
-from distgnn.prepare import prepare
+from distgnn.data.prepare import prepare
 from distgnn.core.rundir import create_run_dir
 from distgnn.training.loop import evaluate_item_knn_baseline, launch, resolve_graph
 

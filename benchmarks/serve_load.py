@@ -13,7 +13,8 @@ unless it answers 200 with one result for the user asked, at most ``k`` items.
 
 Reports latency percentiles (ms), throughput (timed requests / wall time of the timed phase), errors,
 and the server's RSS after loading, after warm-up, at the end and at its peak (MiB, sampled every
-0.2 s), so growth over the run shows. Writes one JSON per run and prints a markdown table. Clients
+0.2 s), so growth over the run shows, and the 1-minute load average before and after (the machine may
+be shared). Writes one JSON per run and prints a markdown table. Clients
 and server share the machine's cores: on a small machine the figures include the clients' cost.
 """
 from __future__ import annotations
@@ -133,6 +134,7 @@ def rss_mib(proc: psutil.Process) -> float:
 
 
 def run_once(args: argparse.Namespace, user_ids: list[str], *, index: str, threads: int, out: Path) -> dict:
+    load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
     log_file = out / f"server-{index}-t{threads}.log"
     proc, port = start_server(args.export, index=index, threads=threads, log_file=log_file,
                               start_timeout_s=args.start_timeout_s)
@@ -175,19 +177,21 @@ def run_once(args: argparse.Namespace, user_ids: list[str], *, index: str, threa
         "mean_ms": float(latencies_ms.mean()) if latencies_ms.size else float("nan"),
         "throughput_rps": latencies_ms.size / wall_s, "wall_s": wall_s,
         "server_rss_mib": {name: round(value, 1) for name, value in rss.items()}, "server_exit_code": exit_code,
+        "load_average_1min": [load_before, os.getloadavg()[0]],
     }
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| index | OMP threads | clients x requests | p50 ms | p90 ms | p99 ms | max ms | req/s | errors "
-             "| server RSS MiB start / warm / end (peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| server RSS MiB start / warm / end (peak) | load avg before / after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rss = r["server_rss_mib"]
         lines.append(f"| {r['index']} | {r['threads'] or 'default'} | {r['clients']} x {r['requests_per_client']:,} "
                      f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} "
                      f"| {r['throughput_rps']:.0f} | {r['errors']} "
-                     f"| {rss['start']:.0f} / {rss['after_warmup']:.0f} / {rss['end']:.0f} ({rss['peak']:.0f}) |")
+                     f"| {rss['start']:.0f} / {rss['after_warmup']:.0f} / {rss['end']:.0f} ({rss['peak']:.0f}) "
+                     f"| {r['load_average_1min'][0]:.1f} / {r['load_average_1min'][1]:.1f} |")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 Stages (each a module and a command): ``prepare`` -> ``train`` -> ``export`` -> ``recommend``.
 """
 
-__version__ = "0.1.0"
+from distgnn.core.version import VERSION as __version__
 
 
 def load_export(path, *, verify=False):

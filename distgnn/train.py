@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the training loop in this process, without Ray (debugging)")
     args = parser.parse_args(argv)
     single = args.__dict__.pop("single_process")
-    configure_logging()
+    configure_logging(verbose=args.__dict__.get("run.verbose") in ("true", "1", "yes"))
     return run_command(lambda: train_command(args, single))
 
 

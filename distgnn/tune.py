@@ -12,13 +12,15 @@ from pathlib import Path
 import yaml
 
 from distgnn.core.cli import configure_logging
-from distgnn.core.config import ConfigError, TrainJobConfig, add_config_arguments, config_from_args, config_to_dict
+from distgnn.core.config import (ConfigError, TrainJobConfig, add_config_arguments, config_from_args, config_to_dict,
+                                 replace_nested)
 from distgnn.core.errors import DataError
 from distgnn.core.rundir import CONFIG_FILE
 from distgnn.training.checks import check_job
 from distgnn.training.launcher import resolve_graph
-from distgnn.training.search import (BEST_FILE, RESULTS_CSV, SEARCH_FILE, check_graph, format_table, load_search_space, results_columns,
-                                     run_search, write_best_config, write_results_csv)
+from distgnn.training.search import (BEST_FILE, RESULTS_CSV, SEARCH_FILE, check_graph, derive_fanouts, format_table,
+                                     load_search_space, results_columns, run_search, write_best_config,
+                                     write_results_csv)
 
 log = logging.getLogger("distgnn.tune")
 
@@ -77,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         if max_epochs < 1 or tune_args["cpus_per_trial"] <= 0:
             raise ConfigError("--max-epochs and --cpus-per-trial must be positive")
         space = load_search_space(tune_args["search"], base)
-        check_job(base)
+        # a searched layer count takes its fanouts from the base's (derive_fanouts): check it that way
+        if "model.num_layers" in {d.key for d in space}:
+            check_job(replace_nested(base, **{"sampler.num_neighbors": derive_fanouts(
+                base.sampler.num_neighbors, base.model.num_layers)}))
+        else:
+            check_job(base)
         resolved = resolve_graph(base)
         check_graph(resolved)
         tune_dir = Path(tune_args["output_dir"]) / (tune_args["name"] or time.strftime("tune-%Y%m%d-%H%M%S"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from distgnn.core.config import PrepareConfig, SyntheticConfig
-from distgnn.prepare import prepare
+from distgnn.data.prepare import prepare
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
 

@@ -18,7 +18,8 @@ import pytest
 
 from distgnn.core.config import PrepareConfig
 from distgnn.core.errors import ConfigError
-from distgnn.prepare import TEST, TRAIN, check_output_path, empty_split_reasons, main, prepare, split_interactions
+from distgnn.data.prepare import TEST, TRAIN, check_output_path, empty_split_reasons, prepare, split_interactions
+from distgnn.prepare import main
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 
@@ -216,14 +217,15 @@ def test_output_is_the_current_folder_or_above(tmp_path, capsys, monkeypatch, ou
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-@pytest.mark.parametrize("output", ["data", "data/log.csv"], ids=["folder_holding_input", "input_itself"])
-def test_output_contains_the_input(tmp_path, capsys, output):
+@pytest.mark.parametrize("output,says", [("data", "contains the input"), ("data/log.csv", "is the input")],
+                         ids=["folder_holding_input", "input_itself"])
+def test_output_contains_the_input(tmp_path, capsys, output, says):
     data = tmp_path / "data"
     data.mkdir()
     path = data / "log.csv"
     shutil.copy(CORPUS / "extra_columns.csv", path)
     code, lines = run(["--input", str(path), "--output", str(tmp_path / output)], capsys)
-    assert_one_line_error(code, lines, "'output'", "contains the input", "log.csv")
+    assert_one_line_error(code, lines, "'output'", says, "log.csv")
     assert path.read_bytes() == (CORPUS / "extra_columns.csv").read_bytes()
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "log.csv"]
 

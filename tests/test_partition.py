@@ -25,7 +25,7 @@ from distgnn.data.partition import (
     write_partitions,
 )
 from distgnn.partition import main
-from distgnn.prepare import build_csr, prepare
+from distgnn.data.prepare import build_csr, prepare
 
 SMALL = SyntheticConfig(num_users=300, num_items=200, mean_interactions=12, num_factors=4, seed=5)
 

@@ -11,7 +11,8 @@ from distgnn.core.config import PrepareConfig, SyntheticConfig
 from distgnn.core.errors import DataError
 from distgnn.data.graph import load_graph, verify_graph_dir
 from distgnn.data.synthetic import generate
-from distgnn.prepare import TEST, TRAIN, VAL, build_csr, deduplicate, main, prepare, split_interactions
+from distgnn.data.prepare import TEST, TRAIN, VAL, build_csr, deduplicate, prepare, split_interactions
+from distgnn.prepare import main
 
 
 def test_build_csr_by_hand():

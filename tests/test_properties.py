@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from distgnn.core.config import PrepareConfig
 from distgnn.core.errors import DataError
-from distgnn.prepare import MISSING_ID_MARKERS, TEST, TRAIN, VAL, deduplicate, prepare, split_interactions
+from distgnn.data.prepare import MISSING_ID_MARKERS, TEST, TRAIN, VAL, deduplicate, prepare, split_interactions
 
 FEW = settings(max_examples=40, deadline=None)
 

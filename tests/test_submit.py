@@ -101,7 +101,8 @@ def test_head_listens_on_loopback_only(ray_head):
     listening = {}
     for p in head_processes(root):
         try:
-            for c in p.net_connections(kind="inet"):
+            connections = p.net_connections if hasattr(p, "net_connections") else p.connections  # psutil < 6
+            for c in connections(kind="inet"):
                 if c.status == psutil.CONN_LISTEN:
                     listening[(c.laddr.ip, c.laddr.port)] = p.name()
         except psutil.Error:

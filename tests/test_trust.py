@@ -136,7 +136,7 @@ def test_overwrite_replaces_a_foreign_folder_and_an_export_replaces_an_export(ru
 
 def test_prepare_output_at_a_foreign_folder_is_refused(tmp_path):
     from distgnn.core.config import PrepareConfig, SyntheticConfig
-    from distgnn.prepare import prepare
+    from distgnn.data.prepare import prepare
 
     foreign = tmp_path / "mine"
     foreign.mkdir()

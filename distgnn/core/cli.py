@@ -10,8 +10,18 @@ from pathlib import Path
 from distgnn.core.errors import ConfigError, DataError
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+def configure_logging(*, verbose: bool = False) -> None:
+    """distgnn's own lines at INFO on stderr; other libraries' (Ray's per-report lines, its
+    internal notices) only from WARNING, or at INFO too with ``verbose``."""
+    fmt = "%(asctime)s %(levelname)s %(message)s"
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S")
+    ours = logging.getLogger("distgnn")
+    ours.setLevel(logging.INFO)
+    if not verbose and not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+        ours.addHandler(handler)
     # faiss logs which CPU build it loads, failed attempts included: noise for a user
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
@@ -32,9 +42,9 @@ BASE_DIR_ENV = "DISTGNN_BASE_DIR"
 
 
 def user_path(path: str, what: str, *, output: bool = False) -> str:
-    """A path the user gave, made absolute: relative paths are resolved against ``$DISTGNN_BASE_DIR``
-    when set (``launch/submit.sh`` sets it to the submitter's project folder), else the current
-    folder. A relative *output* path inside Ray's working-dir copy without that variable is refused:
+    """A path the user gave: relative paths are resolved against ``$DISTGNN_BASE_DIR`` when set
+    (``launch/submit.sh`` sets it to the submitter's project folder), else left relative to the
+    current folder. A relative *output* path inside Ray's working-dir copy without that variable is refused:
     the run would be lost. URIs (``s3://...``) are returned unchanged."""
     if not path or "://" in path or Path(path).is_absolute():
         return path
@@ -45,4 +55,4 @@ def user_path(path: str, what: str, *, output: bool = False) -> str:
         raise ConfigError(f"{what} {path!r}: a relative path here would land in Ray's temporary copy of the "
                           f"working dir and vanish; give an absolute path or shared storage, set {BASE_DIR_ENV}, "
                           "or submit with launch/submit.sh")
-    return str(Path(path).resolve())
+    return path

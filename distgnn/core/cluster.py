@@ -19,9 +19,11 @@ def start_ray(address: str = "", *, num_cpus: int | None = None, verbose: bool =
         return 0.0
     t0 = time.perf_counter()
     package_root = str(Path(__file__).resolve().parents[2])
-    kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.WARNING,
-                              "runtime_env": {"env_vars": {"PYTHONPATH": package_root}}}
+    env = {"PYTHONPATH": package_root}
+    kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.ERROR,
+                              "runtime_env": {"env_vars": env}}
     if not (address or os.environ.get("RAY_ADDRESS")):
-        kwargs.update(num_cpus=num_cpus, include_dashboard=False)
+        # the dashboard stays on: Ray Train's state queries need it (without it, a warning every few s)
+        kwargs.update(num_cpus=num_cpus)
     ray.init(address=address or None, **kwargs)
     return time.perf_counter() - t0

@@ -50,8 +50,12 @@ class PrepareConfig:
                          "(train.txt/test.txt); empty = the synthetic generator")
     format: str = opt("auto", "input format", choices=("auto", "csv", "parquet", "ml-100k", "ml-1m",
                                                        "ml-latest", "lightgcn", "synthetic"))
-    output: str = opt("data/synthetic", "graph directory to write; refused when it is the current folder "
-                                        "or one above it, holds the input, or is a file")
+    output: str = opt("data/synthetic", "graph directory to write, under a temporary name renamed when "
+                                        "complete; an existing folder is replaced only if it is a graph "
+                                        "directory distgnn wrote. Refused when it is the current folder or "
+                                        "one above it, holds the input, or is a file")
+    overwrite: bool = opt(False, "also replace an existing non-empty folder that distgnn did not write (never a "
+                                 "run or export folder, never one holding the input)")
     user_col: str = opt("user", "user id column (csv/parquet). Ids are text, taken as written ('007' stays "
                                 "'007') without surrounding whitespace; other columns are ignored. An empty "
                                 "id, NaN or a missing-value marker (NA, null, ...) fails naming its row")
@@ -185,6 +189,8 @@ class RunConfig:
     name: str = opt("", "run name; empty = a timestamped name. Re-using a name resumes that run")
     seed: int = opt(0, "seed for model initialisation, shuffling and sampling")
     crash_at_epoch: int = opt(-1, "testing aid: worker 0 exits abruptly once, in this epoch")
+    profile: bool = opt(False, "measure waiting for the slowest worker apart from the gradient exchange in "
+                               "each epoch's step_ms split (one extra barrier per step)")
     verbose: bool = opt(False, "also show Ray's own lines (a line per report and per checkpoint, internal "
                                "warnings); off: what data, how many workers, a line per epoch, the results")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distgnn.core.errors import DataError
+from distgnn.core.version import VERSION
 
 MARKER = ".distgnn.json"
 KINDS = ("graph", "export", "run", "parts", "tune")
@@ -93,11 +94,9 @@ def folder_kind(folder: Path) -> str | None:
 
 
 def write_marker(folder: Path, kind: str) -> None:
-    from distgnn import __version__
-
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
-    (folder / MARKER).write_text(json.dumps({"kind": kind, "distgnn_version": __version__}) + "\n")
+    (folder / MARKER).write_text(json.dumps({"kind": kind, "distgnn_version": VERSION}) + "\n")
 
 
 def check_replaceable(final: Path, kind: str, *, overwrite: bool = False) -> None:

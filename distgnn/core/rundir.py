@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-import distgnn
 from distgnn.core.files import MARKER, check_plain_name, check_replaceable, write_bytes_atomic, write_json_atomic, write_marker
 from distgnn.core.config import config_to_dict
+from distgnn.core.version import VERSION
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -23,7 +23,7 @@ PLOT_FILE = "curves.png"
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(distgnn.__file__).parent)
+                             cwd=Path(__file__).parent)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -36,7 +36,7 @@ def environment() -> dict[str, str]:
     import torch
     import torch_geometric
 
-    return {"distgnn": distgnn.__version__, "git_commit": git_commit(), "python": platform.python_version(),
+    return {"distgnn": VERSION, "git_commit": git_commit(), "python": platform.python_version(),
             "torch": torch.__version__, "torch_geometric": torch_geometric.__version__, "ray": ray.__version__,
             "faiss": faiss.__version__, "pyarrow": pyarrow.__version__, "platform": platform.platform(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

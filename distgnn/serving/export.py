@@ -30,7 +30,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-import distgnn
 from distgnn.core.checkpoint import BEST_MODEL, load_model_state
 from distgnn.core.config import TrainJobConfig, build_config
 from distgnn.core.errors import ConfigError, DataError
@@ -39,6 +38,7 @@ from distgnn.data.graph import Graph, load_graph, verify_graph_dir
 from distgnn.serving.index import build_index, save_index
 from distgnn.serving.inference import distributed_embeddings
 from distgnn.core.rundir import CONFIG_FILE, RESULTS_FILE
+from distgnn.core.version import VERSION
 from distgnn.eval.protocol import evaluate
 from distgnn.nn.models import exact_vectors, model_from_config, scoring_vectors
 
@@ -210,7 +210,7 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
             index_info[index_type] = {"file": f"index-{index_type}.faiss", "ntotal": int(index.ntotal),
                                       "build_s": round(time.perf_counter() - t1, 3)}
         manifest: dict[str, Any] = {
-            "distgnn_version": distgnn.__version__,
+            "distgnn_version": VERSION,
             "run": str(Path(run_dir).resolve()),
             "graph": str(graph.path.resolve()),
             "model": job.model.name,

@@ -45,10 +45,15 @@ def ray_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    configure_logging()
-    if ray.train.get_context().get_world_rank() != 0:  # one worker's log is enough
-        logging.getLogger().setLevel(logging.WARNING)
     job = build_config(TrainJobConfig, loop_config["job"])
+    configure_logging(verbose=job.run.verbose)
+    if not job.run.verbose:
+        # Ray gives workers a root handler at INFO: its per-report lines would come through it, and
+        # ours twice. Ours go through our handler only; the rest from WARNING.
+        logging.getLogger().setLevel(logging.WARNING)
+        logging.getLogger("distgnn").propagate = False
+    if ray.train.get_context().get_world_rank() != 0:  # one worker's log is enough
+        logging.getLogger("distgnn").setLevel(logging.WARNING)
     run_dir = Path(loop_config["run_dir"])
     strategy = build_strategy(job, ray.train.torch.get_device())
 

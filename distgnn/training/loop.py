@@ -75,21 +75,26 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
         strategy.begin_epoch()
         strategy.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64)
-        for step, batch in zip(range(steps), loader):
+        clock = StepClock(wait_at_collectives=job.run.profile)
+        batches = iter(loader)
+        for step in range(steps):
+            batch = clock.lap("sample", next(batches))
             set_lr(strategy.optimizers, scheduled_lr(o, (epoch + step / steps) / o.epochs))
-            loss = strategy.loss(batch)
+            loss = clock.lap("forward", strategy.loss(batch))
             for opt in strategy.optimizers:
                 opt.zero_grad()
-            loss.backward()
-            strategy.sync_gradients()
-            for opt in strategy.optimizers:
-                opt.step()
+            clock.lap("backward", loss.backward())
+            clock.wait()  # with run.profile: time spent waiting for the slowest worker, apart
+            clock.lap("exchange", strategy.sync_gradients())
+            clock.lap("optimizer", [opt.step() for opt in strategy.optimizers])
             loss_sum += loss.detach().cpu()
         train_s = dist.all_reduce_max(time.perf_counter() - t0)  # the slowest rank: same history everywhere
-        totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps})
+        totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps, **clock.seconds})
         record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"], "steps": steps,
                                   "train_s": round(train_s, 3),
                                   "edges_per_s": round(totals["steps"] * o.batch_size / train_s, 1),
+                                  # mean over workers, ms per step: where a step's time goes
+                                  "step_ms": {k: round(1000 * totals[k] / totals["steps"], 2) for k in clock.seconds},
                                   **strategy.epoch_stats(steps)}
         if (epoch + 1) % e.every == 0 or epoch == o.epochs - 1:
             strategy.model.eval()
@@ -123,6 +128,31 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
     if report is not None:
         report({"final": True, **{f"test/{k}": v for k, v in results["test"].items()}}, None)
     return results
+
+
+class StepClock:
+    """Seconds per phase of the steps of an epoch on this worker. Each :meth:`lap` charges the time
+    since the previous lap to a phase. ``wait_at_collectives`` inserts a barrier before the gradient
+    exchange, so that waiting for the slowest worker is measured apart from the exchange itself
+    (it costs one extra collective per step: for profiling only)."""
+
+    PHASES = ("sample", "forward", "backward", "wait", "exchange", "optimizer")
+
+    def __init__(self, *, wait_at_collectives: bool = False):
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.wait_at_collectives = wait_at_collectives
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str, value: Any = None) -> Any:
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
+        return value
+
+    def wait(self) -> None:
+        if self.wait_at_collectives:
+            dist.barrier()
+        self.lap("wait")
 
 
 def scheduled_lr(o: OptimConfig, progress: float) -> float:

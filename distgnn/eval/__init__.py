@@ -1,0 +1,1 @@
+"""Evaluation: metrics (sums, reducible over workers), the protocol on a graph, baselines."""

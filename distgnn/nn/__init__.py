@@ -1,0 +1,1 @@
+"""Neural parts: models (one per-layer step each), losses, the neighbor sampler and the loaders."""
