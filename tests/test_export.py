@@ -172,6 +172,21 @@ def test_export_on_two_ray_workers_equals_single_process(trained_run, exported, 
 
 
 @pytest.mark.slow
+def test_ray_workers_keep_the_item_bias_column(tiny_graph, ray_cluster, tmp_path):
+    """Mutation: the multi-worker export dropping the item-bias column."""
+    job = tiny_job(tiny_graph, **{"optim.epochs": 1, "model.item_bias": True})
+    run_dir = create_run_dir(job, str(tmp_path), "run")
+    train_loop(job, run_dir)
+    one = export(run_dir, tmp_path / "one", indexes=("flat",))
+    two = export(run_dir, tmp_path / "two", indexes=("flat",), workers=2, chunk_size=300)
+    assert json.loads((two / "manifest.json").read_text())["dim"] == 33
+    for name in ("users.parquet", "items.parquet"):
+        _, ref = read_embeddings(one / name)
+        _, got = read_embeddings(two / name)
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5, name
+
+
+@pytest.mark.slow
 def test_ray_workers_compute_sage_layers_exactly(tiny_graph, ray_cluster):
     """SAGE has weights per layer and a ReLU between layers: the actors must load them all."""
     job = tiny_job(tiny_graph, **{"model.name": "sage"})
