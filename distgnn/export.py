@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 
 from distgnn.core.cli import configure_logging, run_command, user_path
+from distgnn.core.storage import download, is_uri, upload
 from distgnn.serving.export import export
 
 
@@ -14,10 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distgnn.export",
                                      description="Compute exact full-graph embeddings of a training run's "
                                                  "best model and build FAISS indexes over the items.")
-    parser.add_argument("--run", required=True, help="run directory written by python -m distgnn.train")
+    parser.add_argument("--run", required=True,
+                        help="run directory written by python -m distgnn.train, or its copy on storage "
+                             "(s3://bucket/runs/NAME, as --run.storage writes it)")
     parser.add_argument("--output", required=True,
                         help="export folder to write; written under a temporary name and renamed when complete. "
-                             "An existing folder is replaced only if it is an earlier export")
+                             "An existing folder is replaced only if it is an earlier export. A URI "
+                             "(s3://bucket/exports/NAME) is written locally first, then copied there")
     parser.add_argument("--overwrite", action="store_true",
                         help="also replace an existing non-empty folder that distgnn did not write (never a "
                              "run or graph directory)")
@@ -39,9 +45,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     use_gpu = {"auto": "auto", "true": True, "false": False}[args.use_gpu]
-    return run_command(lambda: export(user_path(args.run, "--run"), user_path(args.output, "--output", output=True), indexes=tuple(i for i in args.indexes.split(",") if i),
-                                      dtype=args.dtype, chunk_size=args.chunk_size, use_gpu=use_gpu,
-                                      workers=args.workers, overwrite=args.overwrite) and 0)
+
+    def body() -> None:
+        run = user_path(args.run, "--run")
+        output = user_path(args.output, "--output", output=True)
+        if is_uri(run):  # a run directory on object storage: a local copy, without Ray's checkpoints
+            run = str(download(run, skip=("ray",)))
+        local_output = Path(tempfile.mkdtemp(prefix="distgnn-export-")) / "export" if is_uri(output) else output
+        export(run, local_output, indexes=tuple(i for i in args.indexes.split(",") if i), dtype=args.dtype,
+               chunk_size=args.chunk_size, use_gpu=use_gpu, workers=args.workers, overwrite=args.overwrite)
+        if is_uri(output):
+            upload(Path(local_output), output)
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

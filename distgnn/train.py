@@ -19,7 +19,8 @@ from distgnn.core.config import TrainJobConfig, config_from_args, make_parser, r
 from distgnn.core.errors import ConfigError
 from distgnn.core.rundir import create_run_dir, plot_curves, read_history, results_table
 from distgnn.training.checks import check_job
-from distgnn.training.launcher import launch, resolve_graph, train_in_process
+from distgnn.core.storage import upload
+from distgnn.training.launcher import launch, resolve_graph, storage_path, train_in_process
 from distgnn.training.loop import peak_rss_mb
 from distgnn.training.partitioned import SHARDS_DIR, assemble_model
 
@@ -47,7 +48,9 @@ def train_command(args, single: bool) -> int:
         raise ConfigError("--single-process trains on the whole graph; drop --cluster.partitioned")
     job = replace_nested(job, **{"graph": user_path(job.graph, "config key 'graph'"),
                                  "run.output_dir": user_path(job.run.output_dir, "config key 'run.output_dir'",
-                                                             output=True)})
+                                                             output=not job.run.storage),
+                                 "run.storage": user_path(job.run.storage, "config key 'run.storage'",
+                                                          output=True)})
     job = resolve_graph(job)
     run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
     workers = "1 process" if single else f"{job.cluster.num_workers} Ray worker(s)"
@@ -58,6 +61,8 @@ def train_command(args, single: bool) -> int:
         assemble_model(run_dir / SHARDS_DIR, job.cluster.num_workers, run_dir / BEST_MODEL)
     wall_s = time.perf_counter() - t0
     plot = plot_curves(run_dir, read_history(run_dir), job.eval.metric)
+    if job.run.storage:
+        log.info("copied the run directory to %s", upload(run_dir, storage_path(job, run_dir)))
     ks = [f"{m}@{k}" for k in job.eval.ks for m in ("recall", "ndcg")]
     print(f"\nTest metrics (best epoch {results['best_epoch']}, {results['epochs_run']} epochs, "
           f"{wall_s:.0f} s wall):")

@@ -186,6 +186,10 @@ class ClusterConfig:
 @dataclass(frozen=True)
 class RunConfig:
     output_dir: str = opt("runs", "folder holding run directories")
+    storage: str = opt("", "shared storage for a cluster: a URI (s3://bucket/runs, gs://..., hdfs://...) or a "
+                           "path every node sees. Ray Train keeps its checkpoints in STORAGE/NAME/ray (so a "
+                           "resumed run finds them from any node) and the finished run directory is copied "
+                           "to STORAGE/NAME; export --run STORAGE/NAME reads it back. Empty = local only")
     name: str = opt("", "run name; empty = a timestamped name. Re-using a name resumes that run")
     seed: int = opt(0, "seed for model initialisation, shuffling and sampling")
     crash_at_epoch: int = opt(-1, "testing aid: worker 0 exits abruptly once, in this epoch")

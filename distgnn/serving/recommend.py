@@ -23,6 +23,7 @@ import torch
 from distgnn.core.errors import DataError
 from distgnn.serving.export import MANIFEST, read_embeddings, read_manifest
 from distgnn.core.files import inside
+from distgnn.core.storage import download, is_uri
 from distgnn.data.graph import item_sets_from_pairs
 from distgnn.serving.index import load_index, search_excluding
 
@@ -84,7 +85,9 @@ class Export:
 def load_export(path: str | Path, *, verify: bool = False) -> Export:
     """Load an export folder written by ``python -m distgnn.export``. A folder without a manifest
     (incomplete) or missing a file it lists raises DataError; ``verify`` also checks every file's
-    sha256 against the manifest."""
+    sha256 against the manifest. A URI (``s3://...``) is served from a local copy."""
+    if is_uri(path):
+        path = download(str(path))
     path = Path(path)
     manifest = read_manifest(path, verify=verify)
     user_ids, user_emb = read_embeddings(path / "users.parquet")

@@ -83,7 +83,7 @@ def launch(job: TrainJobConfig, run_dir: Path) -> dict[str, Any]:
         train_loop_config={"job": config_to_dict(job), "run_dir": str(run_dir.resolve())},
         scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": job.cluster.cpus_per_worker}),
-        run_config=RunConfig(name="ray", storage_path=str(run_dir.resolve()),
+        run_config=RunConfig(name="ray", storage_path=storage_path(job, run_dir),
                              failure_config=FailureConfig(max_failures=job.cluster.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              # Ray's per-report and per-checkpoint lines are noise to a person
@@ -93,6 +93,11 @@ def launch(job: TrainJobConfig, run_dir: Path) -> dict[str, Any]:
     if result.error is not None:
         raise result.error
     return json.loads((run_dir / RESULTS_FILE).read_text())
+
+
+def storage_path(job: TrainJobConfig, run_dir: Path) -> str:
+    """Where Ray Train keeps the checkpoints: ``run.storage/NAME`` when set, else the run directory."""
+    return f"{job.run.storage.rstrip('/')}/{run_dir.name}" if job.run.storage else str(run_dir.resolve())
 
 
 def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
