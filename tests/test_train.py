@@ -70,6 +70,7 @@ def test_trained_model_beats_popularity_on_planted_data(tiny_graph, tmp_path, mo
     {"model.item_bias": True},
     {"optim.hard_negative_pool": 8, "optim.num_negatives": 2},
     {"optim.contrastive_weight": 0.1},
+    {"sampler.num_workers": 1},  # the next batches sampled in a loader process
 ])
 def test_loss_and_schedule_options_still_learn(tiny_graph, tmp_path, overrides):
     job = tiny_job(tiny_graph, **overrides)

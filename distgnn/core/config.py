@@ -114,6 +114,11 @@ class SamplerConfig:
                                "or auto (PyG's only when pyg-lib is installed)",
                        choices=("auto", "distgnn", "pyg"))
     replace: bool = opt(False, "sample neighbors with replacement")
+    num_workers: int = opt(0, "loader processes that sample the next batches while the current step runs "
+                              "(PyG's loader over torch DataLoader workers; pinned memory on GPU); 0 = sample "
+                              "in the training process. Worth it only with a spare core per training worker. "
+                              "Not with cluster.partitioned: its sampling is a collective of all workers",
+                           minimum=0)
 
 
 @dataclass(frozen=True)

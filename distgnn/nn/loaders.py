@@ -73,13 +73,16 @@ def edge_order(edge_label_index: Tensor, edge_sampling: str) -> torch.utils.data
 
 
 def link_loader(sampler: BaseSampler, num_nodes: int, edge_label_index: Tensor, *, batch_size: int,
-                num_negatives: int, edge_sampling: str = "shuffle") -> LinkLoader:
+                num_negatives: int, edge_sampling: str = "shuffle", num_workers: int = 0,
+                pin_memory: bool = False) -> LinkLoader:
     """PyG's LinkLoader over ``edge_label_index [2, E]`` (user node, item node) with ``num_negatives``
-    triplet negatives per positive, driven by ``sampler``; every batch is full (``drop_last``)."""
+    triplet negatives per positive, driven by ``sampler``; every batch is full (``drop_last``).
+    ``num_workers > 0`` samples in that many background processes, two batches ahead each."""
+    prefetch = {"num_workers": num_workers, "persistent_workers": True, "prefetch_factor": 2} if num_workers else {}
     # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
     # sampled one.
     data = Data(num_nodes=num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long))
     return LinkLoader(data, link_sampler=sampler, edge_label_index=edge_label_index,
                       neg_sampling=NegativeSampling("triplet", amount=num_negatives),
                       batch_size=batch_size, sampler=edge_order(edge_label_index, edge_sampling),
-                      drop_last=True)
+                      drop_last=True, pin_memory=pin_memory, **prefetch)

@@ -28,10 +28,16 @@ def check_job(job: TrainJobConfig) -> None:
     if job.model.item_bias and job.optim.loss != "softmax":
         raise ConfigError("config key 'model.item_bias': needs optim.loss softmax (a BPR model's dot "
                           "products carry popularity in their norms)")
+    if job.optim.hard_negative_pool > 1 and job.sampler.num_workers:  # loader processes hold stale vectors
+        raise ConfigError("config key 'sampler.num_workers': hard negatives (optim.hard_negative_pool) are mined "
+                          "with the model of the epoch's start, which loader processes would not see; use 0")
     if job.cluster.partitioned:
         if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights would need DDP next to the shards
             raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, "
                               f"not {job.model.name!r}")
+        if job.sampler.num_workers:  # every hop of its sampling is a collective of all training workers
+            raise ConfigError("config key 'sampler.num_workers': not supported with cluster.partitioned "
+                              "(its sampling is a collective of the training workers)")
         if job.optim.hard_negative_pool > 1:  # mining scores every item against each user on every worker
             raise ConfigError("config key 'optim.hard_negative_pool': not supported with cluster.partitioned "
                               "(mining needs every item's vector on every worker)")

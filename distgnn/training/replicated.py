@@ -62,7 +62,8 @@ class Replicated:
             self.item_log_q = candidate_log_q(positive_draw_weights(edges, graph.num_users, graph.num_items,
                                                                     job.optim.edge_sampling), job.optim)
         self.loader = link_loader(sampler, graph.num_nodes, edges, batch_size=job.optim.batch_size,
-                                  num_negatives=job.num_negatives, edge_sampling=job.optim.edge_sampling)
+                                  num_negatives=job.num_negatives, edge_sampling=job.optim.edge_sampling,
+                                  num_workers=job.sampler.num_workers, pin_memory=self.device.type == "cuda")
         return self.loader, edges.shape[1]
 
     def begin_epoch(self) -> None:
