@@ -6,13 +6,14 @@ import argparse
 import sys
 import time
 
+from distgnn.core.config import CommandParser
 from distgnn.core.cli import configure_logging, run_command
 from distgnn.data.graph import load_graph
 from distgnn.eval.protocol import evaluate_item_knn_baseline, evaluate_popularity_baseline
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m distgnn.baselines",
         description="Test metrics of the item-kNN and popularity baselines on a prepared graph directory, "
                     "under training's protocol (full ranking, training and validation items excluded).")

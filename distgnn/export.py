@@ -8,13 +8,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from distgnn.core.config import CommandParser
 from distgnn.core.cli import configure_logging, run_command, user_path
 from distgnn.core.storage import download, is_uri, upload
 from distgnn.serving.export import export
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distgnn.export",
+    parser = CommandParser(prog="python -m distgnn.export",
                                      description="Compute exact full-graph embeddings of a training run's "
                                                  "best model and build FAISS indexes over the items.")
     parser.add_argument("--run", required=True,

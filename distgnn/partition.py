@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from distgnn.core.config import CommandParser
 from distgnn.core.cli import configure_logging, run_command
 from distgnn.data.partition import METHODS, write_partitions
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m distgnn.partition",
         description="Partition a prepared graph directory (from python -m distgnn.prepare) into parts, one per "
                     "worker, written to DIR/parts/. Replaces an existing parts/ folder.")

@@ -6,14 +6,15 @@ import argparse
 import json
 import sys
 
+from distgnn.core.config import CommandParser
 from distgnn.core.cli import run_command
 from distgnn.serving.recommend import load_export
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distgnn.recommend",
+    parser = CommandParser(prog="python -m distgnn.recommend",
                                      description="Recommend the top-k unseen items for users of an export.")
-    parser.add_argument("--export", required=True, help="export folder written by distgnn.serving.export")
+    parser.add_argument("--export", required=True, help="export folder written by python -m distgnn.export (or its URI, s3://...)")
     parser.add_argument("--user-ids", required=True, help="comma-separated raw user ids, as in the input data")
     parser.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     parser.add_argument("--index", default="flat", help="which of the export's indexes to search (default: flat)")

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from distgnn.core.cli import configure_logging
-from distgnn.core.config import (ConfigError, TrainJobConfig, add_config_arguments, config_from_args, config_to_dict,
+from distgnn.core.config import (CommandParser, ConfigError, TrainJobConfig, add_config_arguments, config_from_args, config_to_dict,
                                  replace_nested)
 from distgnn.core.errors import DataError
 from distgnn.core.rundir import CONFIG_FILE
@@ -26,7 +26,7 @@ log = logging.getLogger("distgnn.tune")
 
 
 def make_tune_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m distgnn.tune",
         description="Search training hyperparameters with Ray Tune: each trial trains in one process "
                     "(trials run in parallel, one per --cpus-per-trial CPUs), ASHA stops weak trials "

@@ -18,6 +18,23 @@ import yaml
 from distgnn.core.errors import ConfigError
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The one command-line convention of every distgnn command: each long flag is accepted with
+    dashes or underscores (``--chunk-size`` = ``--chunk_size``, ``--optim.batch-size`` =
+    ``--optim.batch_size``); ``--help`` shows the spelling the docs use."""
+
+    def add_argument(self, *names: str, **kwargs: Any):
+        spellings = list(names)
+        for name in names:
+            if name.startswith("--"):
+                for other in (name.replace("_", "-"), "--" + name[2:].replace("-", "_")):
+                    if other not in spellings:
+                        spellings.append(other)
+        action = super().add_argument(*spellings, **kwargs)
+        action.option_strings[:] = [n for n in action.option_strings if n in names]  # help: as written
+        return action
+
+
 def opt(default: Any, help: str, **kwargs: Any) -> Any:
     """A dataclass field with a help text (shown by ``--help``)."""
     if isinstance(default, (list, dict, set)):
@@ -414,7 +431,7 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_parser(cls: type, description: str, prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = CommandParser(prog=prog, description=description)
     parser.add_argument("--config", metavar="YAML", default=None,
                         help="YAML file of config sections (see configs/); flags override it")
     add_config_arguments(parser, cls)

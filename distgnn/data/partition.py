@@ -173,7 +173,7 @@ def partition_stats(indptr: Tensor | np.ndarray, indices: Tensor | np.ndarray, p
 def feature_rows(nodes: np.ndarray, num_users: int, user_features: np.ndarray | None,
                  item_features: np.ndarray | None) -> np.ndarray | None:
     """``[n, Fu + Fi]`` float32 feature rows of the sorted node ids ``nodes``, in the block layout of
-    ``distgnn.training.loop.node_features`` (user features in the first Fu columns, item features in the last
+    ``Graph.node_features`` (user features in the first Fu columns, item features in the last
     Fi, zeros elsewhere), built without materialising all N rows. None when the graph has none."""
     fu = user_features.shape[1] if user_features is not None else 0
     fi = item_features.shape[1] if item_features is not None else 0
