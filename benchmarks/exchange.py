@@ -29,7 +29,7 @@ def _free_port() -> int:
 def _gloo_worker(rank: int, port: int, n: int, dim: int, repeats: int, results) -> None:
     import torch.distributed as tdist
 
-    from distgnn.training.partitioned import exchange
+    from distgnn.training.exchange import exchange
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

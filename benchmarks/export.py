@@ -29,7 +29,7 @@ def run_one(run: str, workers: int, chunk_size: int, out: Path) -> dict:
     import torch
 
     from distgnn.serving.export import exact_embeddings, load_run
-    from distgnn.training.loop import peak_rss_mb
+    from distgnn.training.loop import peak_rss_mb  # benchmarks may import any layer
 
     job, model, graph, _ = load_run(run)
     emb, info = exact_embeddings(model, job, graph, workers=workers, chunk_size=chunk_size)
@@ -55,7 +55,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         per = r.get("per_worker", [])
 
-        def each(key: str, fmt: str) -> str:
+        def each(key: str, fmt: str, per: list = per) -> str:
             return " / ".join(format(w[key], fmt) for w in per) or "-"
 
         added = " / ".join(f"{w['uss_mb'] - w['uss_at_start_mb']:.0f}" for w in per) or "-"

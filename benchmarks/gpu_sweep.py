@@ -28,13 +28,14 @@ def run_config(config: str, graph: str, name: str, overrides: dict, out: Path) -
     from distgnn.core.cli import configure_logging
     from distgnn.core.config import TrainJobConfig, load_config
     from distgnn.core.rundir import create_run_dir
-    from distgnn.training.loop import train_loop
+    from distgnn.training.launcher import build_strategy
+    from distgnn.training.loop import fit
 
     configure_logging()
     job = load_config(TrainJobConfig, config, **{"graph": graph, "run.name": name, "run.output_dir": str(out),
                                                   "optim.time_budget_min": 0, **overrides})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train_loop(job, create_run_dir(job, str(out), name), wrap_model=lambda m: m.to(device), device=device)
+    fit(job, create_run_dir(job, str(out), name), build_strategy(job, device))
 
 
 def curves(out: Path, metric: str) -> list[str]:

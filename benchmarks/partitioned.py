@@ -38,7 +38,7 @@ def ensure_parts(graph: Path, num_parts: int, method: str) -> dict:
 def run_one(graph: Path, num_parts: int, args, out: Path) -> dict:
     from distgnn.core.config import TrainJobConfig, load_config
     from distgnn.core.rundir import create_run_dir
-    from distgnn.training.loop import launch
+    from distgnn.training.launcher import launch
 
     stats = ensure_parts(graph, num_parts, args.method)
     overrides = {"graph": str(graph.resolve()), "cluster.partitioned": True, "cluster.num_workers": num_parts,
@@ -60,14 +60,16 @@ def run_one(graph: Path, num_parts: int, args, out: Path) -> dict:
             "peak_rss_training_mb": results["peak_rss_mb_training"],
             "held_mb": sum(results["held_mb"].values()), "held_detail_mb": results["held_mb"],
             "bytes_per_step": steps["bytes_sent_per_step"], "remote_sample_fraction": steps["remote_sample_fraction"],
-            "remote_row_fraction": steps["remote_row_fraction"], "rows_fetched_per_step": steps["rows_fetched_per_step"],
+            "remote_row_fraction": steps["remote_row_fraction"],
+            "rows_fetched_per_step": steps["rows_fetched_per_step"],
             "step_s": step_s, "epochs": len(history), "recall@20": results["test"]["recall@20"],
             "ndcg@20": results["test"]["ndcg@20"], "popularity_recall@20": results["popularity_test"]["recall@20"],
             "wall_s": wall_s, "run_dir": str(run_dir)}
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| P | edge cut | held MiB | vs P=1 | peak RSS/worker MiB | vs P=1 | during training MiB | above start MiB | MB sent/step/worker | "
+    head = ("| P | edge cut | held MiB | vs P=1 | peak RSS/worker MiB | vs P=1 | during training MiB | "
+            "above start MiB | MB sent/step/worker | "
             "remote sample frac | remote row frac | rows fetched/step | step s | epochs | Recall@20 | NDCG@20 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     base, held = rows[0]["peak_rss_mb"], rows[0]["held_mb"]

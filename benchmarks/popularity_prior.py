@@ -14,8 +14,8 @@ import argparse
 import torch
 
 from distgnn.data.graph import load_graph
+from distgnn.eval.protocol import evaluate
 from distgnn.serving.recommend import load_export
-from distgnn.training.loop import evaluate
 
 
 def main() -> None:

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 from distgnn.core.config import PrepareConfig, TrainJobConfig, load_config, replace_nested
+from distgnn.core.rundir import create_run_dir
 from distgnn.data.graph import load_graph
 from distgnn.data.prepare import prepare
-from distgnn.core.rundir import create_run_dir
-from distgnn.training.loop import evaluate_item_knn_baseline, launch, resolve_graph
+from distgnn.eval.protocol import evaluate_item_knn_baseline
+from distgnn.training.launcher import launch, resolve_graph
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -75,7 +76,8 @@ def main() -> None:
 
     ray.init(logging_level="ERROR", include_dashboard=False)
     lines = ["| dataset | model | Recall@20 | NDCG@20 | popularity Recall@20 | popularity NDCG@20 | item-kNN Recall@20 "
-             "| item-kNN NDCG@20 | epochs (best) | train s | wall s | workers | peak RSS/worker MiB |", "|" + "---|" * 13]
+             "| item-kNN NDCG@20 | epochs (best) | train s | wall s | workers | peak RSS/worker MiB |",
+             "|" + "---|" * 13]
     for dataset in args.datasets.split(","):
         knn = None
         for model in args.models.split(","):

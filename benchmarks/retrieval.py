@@ -44,11 +44,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from distgnn.serving.export import read_embeddings
 from distgnn.data.graph import ItemSets, item_sets_from_pairs
-from distgnn.serving.index import (build_index, choose_index_params, default_nprobe, index_factory_string, search,
-                           search_excluding, set_search_params)
 from distgnn.eval.metrics import add_sums, finalize, ranking_sums
+from distgnn.serving.export import read_embeddings
+from distgnn.serving.index import (
+    build_index,
+    choose_index_params,
+    default_nprobe,
+    index_factory_string,
+    search,
+    search_excluding,
+    set_search_params,
+)
 
 log = logging.getLogger("benchmarks.retrieval")
 
@@ -67,7 +74,8 @@ PQ_NPROBES = (16, 64, 256)
 
 def synthetic_embeddings(num_items: int, num_queries: int, dim: int, *, num_clusters: int = 4096,
                          size_exponent: float = 0.9, spectrum_exponent: float = 0.1, spread: float = 0.6,
-                         norm_exponent: float = 0.1, seed: int = 0, chunk_rows: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+                         norm_exponent: float = 0.1, seed: int = 0,
+                         chunk_rows: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
     """Item vectors ``xb [num_items, dim]`` and query vectors ``xq [num_queries, dim]`` (float32)
     that look like learned recommendation embeddings rather than uniform noise.
 
@@ -570,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
             references[dataset.name] = (
                 f"Recall@{QUALITY_K}/NDCG@{QUALITY_K} over the {len(dataset.quality.users):,} users with test "
                 f"items, train+val items excluded; the export's manifest reports " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in dataset.quality.reference.items()) + " (exact, from training's evaluator).")
+                    f"{k} {v:.4f}" for k, v in dataset.quality.reference.items())
+                + " (exact, from training's evaluator).")
 
     command = "python -m benchmarks.retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
     report = [f"## Retrieval benchmark ({started})", "", f"    {command.strip()}", "",
@@ -595,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     write_atomic(out / "retrieval.md", text)
     write_atomic(out / "retrieval.json", json.dumps(
         {"command": command, "machine": machine_description(), "stats": stats, "peak_rss_mib": peak,
-         "rows": [asdict(r) | {"qps_b1": r.qps_b1, "speedup": r.speedup} for rows in results.values() for r in rows]}, indent=2))
+         "rows": [asdict(r) | {"qps_b1": r.qps_b1, "speedup": r.speedup}
+                  for rows in results.values() for r in rows]}, indent=2))
     plot(results, out / "retrieval.png")
     log.info("wrote %s, %s, %s", out / "retrieval.md", out / "retrieval.json", out / "retrieval.png")
     return 0

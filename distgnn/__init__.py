@@ -5,6 +5,8 @@ Stages (each a module and a command): ``prepare`` -> ``train`` -> ``export`` -> 
 
 from distgnn.core.version import VERSION as __version__
 
+__all__ = ["__version__", "load_export"]
+
 
 def load_export(path, *, verify=False):
     """Load an export folder for serving: ``load_export(path).recommend(user_ids, k)``; ``verify``

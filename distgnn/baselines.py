@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
-from distgnn.core.config import CommandParser
 from distgnn.core.cli import configure_logging, run_command
+from distgnn.core.config import CommandParser
 from distgnn.data.graph import load_graph
 from distgnn.eval.protocol import evaluate_item_knn_baseline, evaluate_popularity_baseline
 

@@ -3,13 +3,12 @@ indexes over the items (:mod:`distgnn.serving.export`)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from distgnn.core.config import CommandParser
 from distgnn.core.cli import configure_logging, run_command, user_path
+from distgnn.core.config import CommandParser
 from distgnn.core.storage import download, is_uri, upload
 from distgnn.serving.export import export
 

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from distgnn.core.config import CommandParser
 from distgnn.core.cli import configure_logging, run_command
+from distgnn.core.config import CommandParser
 from distgnn.data.partition import METHODS, write_partitions
 
 

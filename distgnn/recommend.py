@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from distgnn.core.config import CommandParser
 from distgnn.core.cli import run_command
+from distgnn.core.config import CommandParser
 from distgnn.serving.recommend import load_export
 
 

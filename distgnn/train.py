@@ -18,8 +18,8 @@ from distgnn.core.cli import configure_logging, run_command, user_path
 from distgnn.core.config import TrainJobConfig, config_from_args, make_parser, replace_nested
 from distgnn.core.errors import ConfigError
 from distgnn.core.rundir import create_run_dir, plot_curves, read_history, results_table
-from distgnn.training.checks import check_job
 from distgnn.core.storage import upload
+from distgnn.training.checks import check_job
 from distgnn.training.launcher import launch, resolve_graph, storage_path, train_in_process
 from distgnn.training.loop import peak_rss_mb
 from distgnn.training.partitioned import SHARDS_DIR, assemble_model

@@ -12,15 +12,32 @@ from pathlib import Path
 import yaml
 
 from distgnn.core.cli import configure_logging
-from distgnn.core.config import (CommandParser, ConfigError, TrainJobConfig, add_config_arguments, config_from_args, config_to_dict,
-                                 replace_nested)
+from distgnn.core.config import (
+    CommandParser,
+    ConfigError,
+    TrainJobConfig,
+    add_config_arguments,
+    config_from_args,
+    config_to_dict,
+    replace_nested,
+)
 from distgnn.core.errors import DataError
 from distgnn.core.rundir import CONFIG_FILE
 from distgnn.training.checks import check_job
 from distgnn.training.launcher import resolve_graph
-from distgnn.training.search import (BEST_FILE, RESULTS_CSV, SEARCH_FILE, check_graph, derive_fanouts, format_table,
-                                     load_search_space, results_columns, run_search, write_best_config,
-                                     write_results_csv)
+from distgnn.training.search import (
+    BEST_FILE,
+    RESULTS_CSV,
+    SEARCH_FILE,
+    check_graph,
+    derive_fanouts,
+    format_table,
+    load_search_space,
+    results_columns,
+    run_search,
+    write_best_config,
+    write_results_csv,
+)
 
 log = logging.getLogger("distgnn.tune")
 

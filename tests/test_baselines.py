@@ -3,8 +3,8 @@ data it must beat popularity under the training protocol."""
 import pytest
 import torch
 
-from distgnn.eval.baselines import item_knn_scores, item_knn_weights, item_transpose
 from distgnn.data.graph import ItemSets, load_graph
+from distgnn.eval.baselines import item_knn_scores, item_knn_weights, item_transpose
 from distgnn.eval.protocol import evaluate_item_knn_baseline, evaluate_popularity_baseline
 
 

@@ -1,7 +1,14 @@
 import pytest
 
-from distgnn.core.config import (PrepareConfig, TrainJobConfig, config_from_args, config_to_dict, load_config,
-                            make_parser, replace_nested)
+from distgnn.core.config import (
+    PrepareConfig,
+    TrainJobConfig,
+    config_from_args,
+    config_to_dict,
+    load_config,
+    make_parser,
+    replace_nested,
+)
 from distgnn.core.errors import ConfigError
 
 

@@ -15,14 +15,13 @@ import torch
 import distgnn
 from distgnn.core.errors import DataError
 from distgnn.core.files import _HOST, remove_stale_siblings
-from distgnn.export import main as export_main
-from distgnn.serving.export import export, load_run, read_embeddings
-from distgnn.data.graph import load_graph
-from distgnn.serving.inference import distributed_embeddings, row_ranges
-from distgnn.nn.models import full_graph_embeddings
-from distgnn.recommend import main as recommend_main
 from distgnn.core.rundir import create_run_dir
-from distgnn.nn.models import model_from_config
+from distgnn.data.graph import load_graph
+from distgnn.export import main as export_main
+from distgnn.nn.models import full_graph_embeddings, model_from_config
+from distgnn.recommend import main as recommend_main
+from distgnn.serving.export import export, load_run, read_embeddings
+from distgnn.serving.inference import distributed_embeddings, row_ranges
 from distgnn.training.launcher import train_in_process as train_loop
 
 from test_train import tiny_job

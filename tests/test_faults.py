@@ -20,6 +20,7 @@ import torch
 from distgnn.core.checkpoint import load_checked, save_checked
 from distgnn.core.rundir import create_run_dir, read_history
 from distgnn.training.launcher import launch
+
 from test_train import tiny_job
 
 EPOCHS = 5

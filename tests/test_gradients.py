@@ -7,6 +7,7 @@ from torch.nn.parallel import DistributedDataParallel
 from distgnn.nn.models import build_model
 from distgnn.training.gradients import average_gradients
 from distgnn.training.objective import make_optimizers
+
 from test_partitioned import run_on_two_ranks
 
 NUM_NODES, DIM = 60, 8

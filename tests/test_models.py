@@ -2,8 +2,14 @@ import torch
 
 from distgnn.data.graph import load_graph
 from distgnn.nn.losses import bpr_loss, info_nce, sampled_softmax_loss
-from distgnn.nn.models import (LightGCN, build_model, full_adjacency, full_graph_embeddings, lightgcn_edge_weight,
-                            sampled_adjacency)
+from distgnn.nn.models import (
+    LightGCN,
+    build_model,
+    full_adjacency,
+    full_graph_embeddings,
+    lightgcn_edge_weight,
+    sampled_adjacency,
+)
 from distgnn.nn.sampler import sample_subgraph
 
 

@@ -13,14 +13,18 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 from distgnn.core.errors import DataError
-from distgnn.data.graph import load_graph
-from distgnn.nn.models import LightGCN, full_graph_embeddings
-from distgnn.data.partition import load_partition, verify_partitions, write_partitions
-from distgnn.training.exchange import Traffic, fetch_rows, push_gradients
-from distgnn.training.partitioned import (PartitionedNeighborSampler, load_part_view, partitioned_embeddings,
-                                          remote_neighbors)
 from distgnn.core.rundir import create_run_dir, read_history
+from distgnn.data.graph import load_graph
+from distgnn.data.partition import load_partition, verify_partitions, write_partitions
+from distgnn.nn.models import LightGCN, full_graph_embeddings
 from distgnn.nn.sampler import sample_subgraph
+from distgnn.training.exchange import Traffic, fetch_rows, push_gradients
+from distgnn.training.partitioned import (
+    PartitionedNeighborSampler,
+    load_part_view,
+    partitioned_embeddings,
+    remote_neighbors,
+)
 
 from test_train import tiny_job
 
@@ -289,8 +293,8 @@ def test_two_ray_workers_train_on_their_parts_and_survive_a_crash(parted_graph, 
     """Ray Train with 2 workers, each loading only its part; worker 0 dies in epoch 2 and both
     resume from their own checkpoint shards. The driver then joins the best shards for export."""
     from distgnn.core.checkpoint import load_model_state
-    from distgnn.training.partitioned import SHARDS_DIR, assemble_model
     from distgnn.training.launcher import launch
+    from distgnn.training.partitioned import SHARDS_DIR, assemble_model
 
     job = tiny_job(parted_graph, **{"optim.epochs": 4, "run.crash_at_epoch": 2, "cluster.num_workers": 2,
                                     "cluster.partitioned": True, "optim.batch_size": 256})

@@ -5,14 +5,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import shared_dataset
 
 from distgnn.core.config import PrepareConfig, SyntheticConfig
 from distgnn.core.errors import DataError
 from distgnn.data.graph import load_graph, verify_graph_dir
-from distgnn.data.synthetic import generate
 from distgnn.data.prepare import TEST, TRAIN, VAL, build_csr, deduplicate, prepare, split_interactions
+from distgnn.data.synthetic import generate
 from distgnn.prepare import main
+
+from conftest import shared_dataset
 
 
 def test_build_csr_by_hand():

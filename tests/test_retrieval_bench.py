@@ -5,11 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.retrieval import (Dataset, Quality, Row, bench_dataset, index_specs, markdown_table, recall_at,
-                                  recommendation_quality, synthetic_embeddings, target_check)
+from benchmarks.retrieval import (
+    Dataset,
+    Quality,
+    Row,
+    bench_dataset,
+    index_specs,
+    markdown_table,
+    recall_at,
+    recommendation_quality,
+    synthetic_embeddings,
+    target_check,
+)
 from distgnn.data.graph import item_sets_from_pairs
-from distgnn.serving.index import build_index
 from distgnn.eval.metrics import evaluate_ranking, finalize
+from distgnn.serving.index import build_index
 
 
 def test_synthetic_embeddings_shapes_and_determinism():

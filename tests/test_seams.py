@@ -18,6 +18,7 @@ from distgnn.nn.models import LightGCN, full_graph_embeddings, sampled_adjacency
 from distgnn.serving.export import export
 from distgnn.training.partitioned import PartitionedNeighborSampler
 from distgnn.training.replicated import Replicated
+
 from test_partitioned import parted_graph  # noqa: F401  (fixture)
 from test_train import spy, tiny_job
 from test_trust import run_and_export  # noqa: F401  (fixture)
@@ -133,7 +134,7 @@ def test_seen_parquet_holds_every_known_interaction_and_recommend_skips_them(run
     assert pairs and not pairs & known
 
 
-def test_export_is_written_aside_and_the_manifest_last(run_and_export, tmp_path, monkeypatch):
+def test_export_is_written_aside_and_the_manifest_last(run_and_export, tmp_path, monkeypatch):  # noqa: F811
     """Mutations: the export written in place, or the manifest before the data files."""
     run_dir, exported = run_and_export
     out = tmp_path / "exp"

@@ -3,17 +3,17 @@ import json
 import pytest
 import torch
 
-from distgnn.core.config import TrainJobConfig, load_config, replace_nested
-from distgnn.data.graph import load_graph
-from distgnn.core.rundir import create_run_dir, read_history
 import distgnn.nn.loaders
 import distgnn.nn.sampler
 import distgnn.training.loop
 import distgnn.training.objective
 import distgnn.training.replicated
+from distgnn.core.config import TrainJobConfig, load_config, replace_nested
+from distgnn.core.rundir import create_run_dir, read_history
+from distgnn.data.graph import load_graph
 from distgnn.nn.loaders import UserUniformIndices, positive_draw_weights
 from distgnn.nn.losses import info_nce
-from distgnn.nn.models import model_from_config, sampled_adjacency
+from distgnn.nn.models import sampled_adjacency
 from distgnn.training.launcher import launch
 from distgnn.training.launcher import train_in_process as train_loop
 from distgnn.training.loop import scheduled_lr

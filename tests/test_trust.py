@@ -16,12 +16,13 @@ import torch
 import distgnn
 from distgnn.core.checkpoint import BEST_MODEL, load_checked, load_model_state, save_checked
 from distgnn.core.errors import DataError
-from distgnn.export import main as export_main
-from distgnn.serving.export import export, read_manifest
 from distgnn.core.files import MARKER, atomic_folder, check_plain_name, folder_kind
-from distgnn.recommend import main as recommend_main
 from distgnn.core.rundir import create_run_dir
+from distgnn.export import main as export_main
+from distgnn.recommend import main as recommend_main
+from distgnn.serving.export import export, read_manifest
 from distgnn.training.launcher import train_in_process as train_loop
+
 from test_train import tiny_job
 
 

@@ -10,8 +10,15 @@ from typing import Any
 
 import yaml
 
-from distgnn.core.files import MARKER, check_plain_name, check_replaceable, write_bytes_atomic, write_json_atomic, write_marker
 from distgnn.core.config import config_to_dict
+from distgnn.core.files import (
+    MARKER,
+    check_plain_name,
+    check_replaceable,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_marker,
+)
 from distgnn.core.version import VERSION
 
 CONFIG_FILE = "config.yaml"

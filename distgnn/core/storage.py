@@ -4,8 +4,9 @@ path), through pyarrow's filesystem layer, the same one Ray Train uses for its c
 distgnn computes in a local folder and publishes whole folders: :func:`upload` copies a finished
 run directory or export to its URI, :func:`download` brings one back (into a temporary folder) for
 export or recommend. Object stores have no rename, so a folder cannot be published atomically
-there: its marker file is copied last, and a folder without one counts as incomplete. S3-compatible servers are reached with the usual ``AWS_ENDPOINT_URL``,
-``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` variables, which pyarrow (and Ray) read.
+there: its marker file is copied last, and a folder without one counts as incomplete.
+S3-compatible servers are reached with the usual ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` and
+``AWS_SECRET_ACCESS_KEY`` variables, which pyarrow (and Ray) read.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ above it, hold an input, or sit below a file (:func:`check_output_path`).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable

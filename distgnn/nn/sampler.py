@@ -20,7 +20,7 @@ import functools
 import logging
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch_geometric.typing

@@ -34,13 +34,13 @@ from distgnn.core.checkpoint import BEST_MODEL, load_model_state
 from distgnn.core.config import TrainJobConfig, build_config
 from distgnn.core.errors import ConfigError, DataError
 from distgnn.core.files import atomic_folder, check_replaceable, checksums, inside, sha256_file
-from distgnn.data.graph import Graph, load_graph, verify_graph_dir
-from distgnn.serving.index import build_index, save_index
-from distgnn.serving.inference import distributed_embeddings
 from distgnn.core.rundir import CONFIG_FILE, RESULTS_FILE
 from distgnn.core.version import VERSION
+from distgnn.data.graph import Graph, load_graph, verify_graph_dir
 from distgnn.eval.protocol import evaluate
 from distgnn.nn.models import exact_vectors, model_from_config, scoring_vectors
+from distgnn.serving.index import build_index, save_index
+from distgnn.serving.inference import distributed_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,11 @@ import os
 import resource
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from distgnn.core.cluster import start_ray
 from distgnn.core.config import TrainJobConfig

@@ -10,7 +10,6 @@ Python API for services::
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,10 +20,10 @@ import pyarrow.parquet as pq
 import torch
 
 from distgnn.core.errors import DataError
-from distgnn.serving.export import MANIFEST, read_embeddings, read_manifest
 from distgnn.core.files import inside
 from distgnn.core.storage import download, is_uri
 from distgnn.data.graph import item_sets_from_pairs
+from distgnn.serving.export import MANIFEST, read_embeddings, read_manifest
 from distgnn.serving.index import load_index, search_excluding
 
 

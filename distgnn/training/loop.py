@@ -117,12 +117,14 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
             log.info("no %s improvement for %d epochs: stopping early", e.metric, epoch - best["epoch"])
             break
 
+    training_peak_mb = dist.all_reduce_max(peak_rss_mb())  # before the final evaluation's buffers
     info = strategy.load_best(run_dir)
     strategy.model.eval()
     results = {"model": job.model.name, "best_epoch": info["epoch"], "test": strategy.evaluate("test"),
                "popularity_test": strategy.popularity("test"), "epochs_run": len(history),
                "train_s": sum(h["train_s"] for h in history), "num_workers": dist.world_size(),
-               "peak_rss_mb_per_worker": dist.all_reduce_max(peak_rss_mb()), **strategy.results()}
+               "peak_rss_mb_per_worker": dist.all_reduce_max(peak_rss_mb()), "peak_rss_mb_training": training_peak_mb,
+               **strategy.results(history)}
     if dist.rank() == 0:
         write_json_atomic(results, run_dir / RESULTS_FILE)
     if report is not None:

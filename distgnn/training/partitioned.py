@@ -25,6 +25,7 @@ The epoch loop is :func:`distgnn.training.loop.fit`, the same as for the replica
 from __future__ import annotations
 
 import logging
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,7 @@ from distgnn.eval.protocol import evaluated_users
 from distgnn.nn.loaders import link_loader, positive_draw_weights
 from distgnn.nn.models import Recommender, build_model, lightgcn_edge_weight, sampled_adjacency
 from distgnn.nn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
-from distgnn.training.exchange import Fetched, Traffic, block_sums, exchange, fetch_rows, group_by_owner, \
-    push_gradients
+from distgnn.training.exchange import Fetched, Traffic, block_sums, exchange, fetch_rows, group_by_owner, push_gradients
 from distgnn.training.objective import candidate_log_q, contrastive_term, link_loss, make_optimizers, positive_cells
 
 log = logging.getLogger(__name__)
@@ -335,6 +335,7 @@ class Partitioned:
 
     def __init__(self, job: TrainJobConfig, *, device: torch.device = torch.device("cpu")):
         rank = dist.rank()
+        self.rss_at_start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # a bare process
         self.job, self.state_file = job, f"state-part-{rank:03d}.pt"
         self.view = load_part_view(job.graph, rank, dist.world_size())
         torch.manual_seed(job.run.seed + 7 * rank)  # each part initialises its own rows
@@ -399,14 +400,17 @@ class Partitioned:
         delta = {k: v - getattr(self.epoch_start, k) for k, v in self.traffic.as_dict().items()}
         return {"traffic": traffic_summary(dist.all_reduce_sum(delta), steps, dist.world_size())}
 
-    def results(self) -> dict:
-        """What the run's results add for this strategy: memory held per worker (MiB)."""
+    def results(self, history: list[dict]) -> dict:
+        """What the run's results add for this strategy: memory held per worker and added to a bare
+        process (MiB), and the last epoch's traffic per step."""
         held = {k: dist.all_reduce_max(v / 2**20) for k, v in held_bytes(self.view, self.model).items()}
-        return {"partitioned": True, "held_mb": held}
+        above = dist.all_reduce_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.rss_at_start_mb)
+        return {"partitioned": True, "held_mb": held, "peak_rss_mb_above_start": above,
+                "traffic_per_step": history[-1]["traffic"] if history else {}}
 
     def vectors(self) -> Tensor:
         """Scoring vectors of the owned nodes: normalised for cosine, item-bias column appended."""
-        model, job, p = self.model, self.job, self.view.partition
+        model, job = self.model, self.job
         out = partitioned_embeddings(model, self.view)
         if job.cosine_scores:
             out = torch.nn.functional.normalize(out, dim=-1)

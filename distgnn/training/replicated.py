@@ -24,8 +24,7 @@ from distgnn.nn.loaders import link_loader, positive_draw_weights
 from distgnn.nn.models import exact_vectors, model_from_config, sampled_adjacency
 from distgnn.nn.sampler import make_sampler
 from distgnn.training.gradients import average_gradients
-from distgnn.training.objective import (candidate_log_q, contrastive_term, link_loss, make_optimizers,
-                                        positive_cells)
+from distgnn.training.objective import candidate_log_q, contrastive_term, link_loss, make_optimizers, positive_cells
 
 
 def shard_edges(graph: Graph, rank: int, world_size: int, seed: int) -> Tensor:
@@ -95,7 +94,7 @@ class Replicated:
     def epoch_stats(self, steps: int) -> dict:
         return {}
 
-    def results(self) -> dict:
+    def results(self, history: list[dict]) -> dict:
         return {}
 
     def vectors(self) -> Tensor:

@@ -30,13 +30,10 @@ values, loadable with ``python -m distgnn.train --config``).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
-import sys
-import time
 import typing
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -44,14 +41,18 @@ from typing import Any
 
 import yaml
 
-from distgnn.core.cli import configure_logging
-from distgnn.core.config import (ConfigError, TrainJobConfig, add_config_arguments, build_config, config_from_args,
-                            config_to_dict, load_yaml, replace_nested)
-from distgnn.core.errors import DataError
-from distgnn.core.rundir import CONFIG_FILE, RESULTS_FILE, create_run_dir, read_history
 from distgnn.core.cluster import start_ray
-from distgnn.training.checks import check_job
-from distgnn.training.launcher import build_strategy, resolve_graph
+from distgnn.core.config import (
+    ConfigError,
+    TrainJobConfig,
+    build_config,
+    config_to_dict,
+    load_yaml,
+    replace_nested,
+)
+from distgnn.core.errors import DataError
+from distgnn.core.rundir import RESULTS_FILE, create_run_dir, read_history
+from distgnn.training.launcher import build_strategy
 from distgnn.training.loop import fit
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,6 @@ def run_search(base: TrainJobConfig, space: list[Dimension], tune_dir: Path, *, 
                max_epochs: int, grace_period: int, cpus_per_trial: float, seed: int) -> list[TrialRow]:
     """Run the search and return one row per trial, best first. ``base`` must point at a prepared
     graph directory with a validation split (:func:`check_graph`)."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
