@@ -1,6 +1,7 @@
 """The touched-row gradient exchange (dense collectives only, so NCCL can run it) against DDP's
 sparse all-reduce on gloo: the same gradients, and the same parameters after training steps."""
 
+import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -13,16 +14,16 @@ from test_partitioned import run_on_two_ranks
 NUM_NODES, DIM = 60, 8
 
 
-def subgraph(rank: int, step: int):
-    """A different random subgraph per rank and step: node ids, CSR adjacency, hop sizes."""
+def subgraph(rank: int, step: int, size: int):
+    """A different random subgraph of ``size`` nodes per rank and step: node ids, CSR adjacency."""
     g = torch.Generator().manual_seed(100 * rank + step)
-    n_id = torch.randperm(NUM_NODES, generator=g)[:20]
-    row, col = torch.randint(0, 20, (2, 60), generator=g)
+    n_id = torch.randperm(NUM_NODES, generator=g)[:size]
+    row, col = torch.randint(0, size, (2, 3 * size), generator=g)
     order = torch.argsort(col, stable=True)
     row, col = row[order], col[order]
-    crow = torch.zeros(21, dtype=torch.long)
-    torch.cumsum(torch.bincount(col, minlength=20), 0, out=crow[1:])
-    adj_t = torch.sparse_csr_tensor(crow, row, torch.rand(60, generator=g), (20, 20))
+    crow = torch.zeros(size + 1, dtype=torch.long)
+    torch.cumsum(torch.bincount(col, minlength=size), 0, out=crow[1:])
+    adj_t = torch.sparse_csr_tensor(crow, row, torch.rand(3 * size, generator=g), (size, size))
     return n_id, adj_t
 
 
@@ -35,16 +36,16 @@ def make_model(name: str):
 def loss_of(model, n_id, adj_t):
     out = model(n_id, adj_t)
     bias = model.item_bias(n_id) if not isinstance(model, DistributedDataParallel) else model.module.item_bias(n_id)
-    return (out.pow(2).sum(-1) * torch.arange(1.0, 21.0)).mean() + bias.sum()
+    return (out.pow(2).sum(-1) * torch.arange(1.0, n_id.numel() + 1.0)).mean() + bias.sum()
 
 
-def _compare(rank, name):
+def _compare(rank, name, size):
     ddp_model = DistributedDataParallel(make_model(name))  # gloo: sparse all-reduce of the tables
     ours = make_model(name)
     ddp_opts, our_opts = make_optimizers(ddp_model.module, 0.05), make_optimizers(ours, 0.05)
     grads = []
     for step in range(3):
-        n_id, adj_t = subgraph(rank, step)
+        n_id, adj_t = subgraph(rank, step, size)
         for model, opts, sync in ((ddp_model, ddp_opts, False), (ours, our_opts, True)):
             for opt in opts:
                 opt.zero_grad()
@@ -67,13 +68,14 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6, msg=key)
 
 
-def test_touched_row_exchange_equals_ddp_sparse_all_reduce():
+@pytest.mark.parametrize("size", [20, 45])  # 2 x 20 rows < 60: gathered; 2 x 45 > 60: dense all-reduce
+def test_touched_row_exchange_equals_ddp_sparse_all_reduce(size):
     for name in ("lightgcn", "sage"):  # sage: dense weights too; both: a sparse item-bias table
-        for grads, (ours, theirs) in run_on_two_ranks(_compare, name):
+        for grads, (ours, theirs) in run_on_two_ranks(_compare, name, size):
             for step in range(0, len(grads), 2):
                 assert_same(grads[step], grads[step + 1])
                 # the rows other ranks touched arrived: gradients are not only this rank's own
-                assert grads[step]["embedding.weight"].abs().sum(1).gt(0).sum() > 20
+                assert grads[step]["embedding.weight"].abs().sum(1).gt(0).sum() > size
             assert_same(ours, theirs)
 
 

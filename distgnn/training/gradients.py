@@ -5,7 +5,9 @@ Why not DDP: the embedding tables have sparse gradients (``nn.Embedding(sparse=T
 batch touched), and PyTorch has no sparse all-reduce on NCCL (pytorch/pytorch#22400), so DDP over
 them works on gloo only. The touched rows are exchanged instead: an ``all_gather`` of each worker's
 row count, then of its padded row ids and values; every worker sums the rows it receives, so all
-hold the same averaged sparse gradient, exactly what DDP's sparse all-reduce computes. The dense
+hold the same averaged sparse gradient, exactly what DDP's sparse all-reduce computes. When the
+workers' rows together outnumber the table's (a 2-hop sampled subgraph touches most of Gowalla),
+a dense all-reduce of the table and of a touched-row mask moves less and gives the same result. The dense
 weights (GraphSAGE's projections and convolutions) are few: one flat ``all_reduce`` of all of them
 per step is DDP's arithmetic. Excluding the tables from a DDP wrapper needs a private DDP API, and a
 DDP over part of the model needs that part's forward to run through the wrapper, which the
@@ -31,6 +33,10 @@ def average_touched_rows(grad: Tensor) -> Tensor:
     counts = [torch.zeros(1, dtype=torch.long, device=ids.device) for _ in range(world)]
     tdist.all_gather(counts, torch.tensor([ids.numel()], device=ids.device))
     counts = [int(c) for c in counts]
+    if sum(counts) > grad.shape[0]:
+        # The workers' rows cover most of the table (a sampled multi-hop subgraph often does): one
+        # dense all-reduce moves 2 N d numbers per worker, less than gathering every worker's rows.
+        return average_rows_densely(ids, values, grad.shape)
     longest = max(counts)
     # all_gather needs equal sizes: pad every worker's rows to the longest list
     padded_ids = torch.cat([ids, ids.new_zeros(longest - ids.numel())])
@@ -42,6 +48,20 @@ def average_touched_rows(grad: Tensor) -> Tensor:
     ids = torch.cat([part[:n] for part, n in zip(all_ids, counts)])
     values = torch.cat([part[:n] for part, n in zip(all_values, counts)])
     return torch.sparse_coo_tensor(ids[None], values / world, grad.shape).coalesce()
+
+
+def average_rows_densely(ids: Tensor, values: Tensor, shape: torch.Size) -> Tensor:
+    """:func:`average_touched_rows` through dense all-reduces: the summed ``[N, d]`` table, and which
+    rows any worker touched (their union, as DDP keeps it, so SparseAdam steps the same rows)."""
+    table = values.new_zeros(shape)
+    table.index_copy_(0, ids, values)  # ids are coalesced: unique
+    touched = values.new_zeros(shape[0])
+    touched[ids] = 1.0
+    tdist.all_reduce(table)
+    tdist.all_reduce(touched)
+    rows = torch.nonzero(touched).flatten()  # sorted and unique: already coalesced
+    return torch.sparse_coo_tensor(rows[None], table.index_select(0, rows) / dist.world_size(), shape,
+                                   is_coalesced=True)
 
 
 def average_dense(params: list[Tensor]) -> None:

@@ -44,7 +44,8 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
         report: called once per epoch with the metrics and a checkpoint folder (Ray Train's report).
         restore: a checkpoint folder to resume from (the next epoch after the one it saved).
 
-    Returns the final results (test metrics of the model and of the popularity baseline).
+    Returns the final results (test metrics of the model and of the popularity baseline). Longer
+    than the house's ~60 lines on purpose: the whole procedure reads top to bottom on one screen.
     """
     check_job(job)
     o, e = job.optim, job.eval
@@ -72,22 +73,7 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
             break
         maybe_crash(job, run_dir, epoch)
         t0 = time.perf_counter()
-        strategy.begin_epoch()
-        strategy.model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        clock = StepClock(wait_at_collectives=job.run.profile)
-        batches = iter(loader)
-        for step in range(steps):
-            batch = clock.lap("sample", next(batches))
-            set_lr(strategy.optimizers, scheduled_lr(o, (epoch + step / steps) / o.epochs))
-            loss = clock.lap("forward", strategy.loss(batch))
-            for opt in strategy.optimizers:
-                opt.zero_grad()
-            clock.lap("backward", loss.backward())
-            clock.wait()  # with run.profile: time spent waiting for the slowest worker, apart
-            clock.lap("exchange", strategy.sync_gradients())
-            clock.lap("optimizer", [opt.step() for opt in strategy.optimizers])
-            loss_sum += loss.detach().cpu()
+        loss_sum, clock = train_steps(strategy, loader, steps, o, epoch, profile=job.run.profile)
         train_s = dist.all_reduce_max(time.perf_counter() - t0)  # the slowest rank: same history everywhere
         totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps, **clock.seconds})
         record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"], "steps": steps,
@@ -155,6 +141,29 @@ class StepClock:
         if self.wait_at_collectives:
             dist.barrier()
         self.lap("wait")
+
+
+def train_steps(strategy: Any, loader, steps: int, o: OptimConfig, epoch: int, *,
+                profile: bool = False) -> tuple[torch.Tensor, StepClock]:
+    """One epoch's ``steps`` steps: loss, backward, gradient averaging, update. Returns the summed
+    loss and where the time went."""
+    strategy.begin_epoch()
+    strategy.model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    clock = StepClock(wait_at_collectives=profile)
+    batches = iter(loader)
+    for step in range(steps):
+        batch = clock.lap("sample", next(batches))
+        set_lr(strategy.optimizers, scheduled_lr(o, (epoch + step / steps) / o.epochs))
+        loss = clock.lap("forward", strategy.loss(batch))
+        for opt in strategy.optimizers:
+            opt.zero_grad()
+        clock.lap("backward", loss.backward())
+        clock.wait()  # with run.profile: time spent waiting for the slowest worker, apart
+        clock.lap("exchange", strategy.sync_gradients())
+        clock.lap("optimizer", [opt.step() for opt in strategy.optimizers])
+        loss_sum += loss.detach().cpu()
+    return loss_sum, clock
 
 
 def scheduled_lr(o: OptimConfig, progress: float) -> float:
