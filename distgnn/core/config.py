@@ -202,7 +202,10 @@ class ClusterConfig:
     partitioned: bool = opt(False, "each worker holds only its part of the graph and its rows of the "
                                    "embedding table; neighbors in other parts are sampled by their owner "
                                    "(needs GRAPH/parts with cluster.num_workers parts: python -m "
-                                   "distgnn.data.partition)")
+                                   "distgnn.partition). LightGCN and MF, with the item bias and the SimGCL "
+                                   "term; refused: sage (its dense weights would need averaging next to the "
+                                   "shards), optim.hard_negative_pool (mining scores every item on every "
+                                   "worker), sampler.num_workers (its sampling is a collective)")
 
 
 @dataclass(frozen=True)
