@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 from distgnn.core.cluster import start_ray
@@ -30,6 +31,8 @@ PHASES = ("sample", "forward", "backward", "wait", "exchange", "optimizer")
 
 
 def run_one(job: TrainJobConfig, out: Path, tag: str) -> dict:
+    # a fresh run each time: re-using a run name would resume the finished run instead of training
+    shutil.rmtree(out / "runs" / tag, ignore_errors=True)
     run_dir = create_run_dir(job, str(out / "runs"), tag)
     results = launch(job, run_dir)
     record = read_history(run_dir)[-1]

@@ -8,14 +8,13 @@ stops the server: no new connections, the process exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
 
 import distgnn
-from distgnn.core.config import CommandParser
 from distgnn.core.cli import configure_logging, run_command
+from distgnn.core.config import CommandParser
 from distgnn.serving.http import make_server
 
 log = logging.getLogger(__name__)
@@ -40,10 +39,11 @@ def serve(export_dir: str, *, host: str, port: int, verify: bool, index: str, th
 
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(prog="python -m distgnn.serve",
-                                     description="Serve top-k recommendations of an export as JSON over HTTP: "
-                                                 "GET /healthz, GET /recommend?user_id=17&k=10, POST /recommend "
-                                                 '{"user_ids": [...]} or {"history": [item ids]} (cold start).')
-    parser.add_argument("--export", required=True, help="export folder written by python -m distgnn.export (or its URI, s3://...)")
+                           description="Serve top-k recommendations of an export as JSON over HTTP: "
+                                       "GET /healthz, GET /recommend?user_id=17&k=10, POST /recommend "
+                                       '{"user_ids": [...]} or {"history": [item ids]} (cold start).')
+    parser.add_argument("--export", required=True,
+                        help="export folder written by python -m distgnn.export (or its URI, s3://...)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only). The endpoint has no "
                              "authentication: binding another interface (e.g. 0.0.0.0) exposes it to the network, "

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -40,15 +39,24 @@ class Export:
     seen_indptr: torch.Tensor  # CSR of every known interaction, per user index
     seen_indices: torch.Tensor
     _indexes: dict = field(default_factory=dict, repr=False)
+    _sorted_ids: np.ndarray | None = field(default=None, repr=False)
+    _order: np.ndarray | None = field(default=None, repr=False)
 
     def user_index(self, raw_ids: list[str]) -> np.ndarray:
-        """Dense indices of raw user ids; an unknown id raises DataError naming it."""
-        found = pc.index_in(pa.array([str(u) for u in raw_ids]), value_set=self.user_ids)
-        if found.null_count:
-            missing = [raw_ids[i] for i in np.flatnonzero(pc.is_null(found).to_numpy(zero_copy_only=False))]
+        """Dense indices of raw user ids; an unknown id raises DataError naming it. A binary search
+        in ids sorted once (a hash set of every id per call cost O(users), ~0.45 ms at 6,000)."""
+        if self._sorted_ids is None:
+            ids = self.user_ids.to_numpy(zero_copy_only=False).astype(str)
+            self._order = np.argsort(ids, kind="stable")
+            self._sorted_ids = ids[self._order]
+        query = np.asarray([str(u) for u in raw_ids], dtype=str)
+        position = np.searchsorted(self._sorted_ids, query).clip(max=len(self._sorted_ids) - 1)
+        known = self._sorted_ids[position] == query
+        if not known.all():
+            missing = query[~known]
             raise DataError(f"{self.path}: unknown user id(s) {', '.join(map(str, missing[:5]))} "
                             f"(the export knows {len(self.user_ids):,} users)")
-        return found.to_numpy().astype(np.int64)
+        return self._order[position].astype(np.int64)
 
     def index(self, index_type: str):
         if index_type not in self.manifest["indexes"]:

@@ -28,8 +28,10 @@ def average_touched_rows(grad: Tensor) -> Tensor:
     True)`` leaves it), as a coalesced sparse tensor holding the union of the touched rows. Every
     worker must call it, in the same order for each table."""
     world = dist.world_size()
-    grad = grad.coalesce()
-    ids, values = grad.indices()[0], grad.values()
+    # Not coalesced here: a row looked up twice appears twice, and both paths below sum repeats
+    # (index_add_, or the final coalesce), so the local sort would be wasted work. _indices() and
+    # _values() are torch's documented accessors of an uncoalesced tensor's entries.
+    ids, values = grad._indices()[0], grad._values()
     counts = [torch.zeros(1, dtype=torch.long, device=ids.device) for _ in range(world)]
     tdist.all_gather(counts, torch.tensor([ids.numel()], device=ids.device))
     counts = [int(c) for c in counts]
@@ -53,14 +55,12 @@ def average_touched_rows(grad: Tensor) -> Tensor:
 def average_rows_densely(ids: Tensor, values: Tensor, shape: torch.Size) -> Tensor:
     """:func:`average_touched_rows` through dense all-reduces: the summed ``[N, d]`` table, and which
     rows any worker touched (their union, as DDP keeps it, so SparseAdam steps the same rows)."""
-    table = values.new_zeros(shape)
-    table.index_copy_(0, ids, values)  # ids are coalesced: unique
-    touched = values.new_zeros(shape[0])
-    touched[ids] = 1.0
+    # one extra column counts the lookups of each row, so one all-reduce carries the touched mask too
+    table = values.new_zeros((shape[0], shape[1] + 1))
+    table.index_add_(0, ids, torch.cat([values, values.new_ones((values.shape[0], 1))], dim=1))
     tdist.all_reduce(table)
-    tdist.all_reduce(touched)
-    rows = torch.nonzero(touched).flatten()  # sorted and unique: already coalesced
-    return torch.sparse_coo_tensor(rows[None], table.index_select(0, rows) / dist.world_size(), shape,
+    rows = torch.nonzero(table[:, -1]).flatten()  # sorted and unique: already coalesced
+    return torch.sparse_coo_tensor(rows[None], table[:, :-1].index_select(0, rows) / dist.world_size(), shape,
                                    is_coalesced=True)
 
 
