@@ -8,6 +8,7 @@ gloo: :func:`distgnn.training.partitioned.exchange` twice (ids out, rows back), 
 Ray: worker A calls ``B.lookup.remote(ids)`` and waits for the rows (and B calls A at the same time),
 between two actors. Median of ``--repeats`` round trips, after a warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,8 +112,11 @@ def main() -> None:
     for n in (int(x) for x in args.rows.split(",")):
         gloo_s = time_gloo(n, args.dim, args.repeats)
         ray_s = time_ray(n, args.dim, args.repeats)
-        print(f"| {n:,} | {n * args.dim * 4 / 1e6:.1f} | {gloo_s * 1e3:.2f} | {ray_s * 1e3:.2f} | "
-              f"{ray_s / gloo_s:.1f}x |", flush=True)
+        print(
+            f"| {n:,} | {n * args.dim * 4 / 1e6:.1f} | {gloo_s * 1e3:.2f} | {ray_s * 1e3:.2f} | "
+            f"{ray_s / gloo_s:.1f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

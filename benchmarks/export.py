@@ -11,6 +11,7 @@ worker's (``ru_maxrss`` read inside the actor), its RSS once imports are done, t
 (USS) it gained from then to the end (what it holds: its rows' adjacency, allocator slack; not the
 object store's shared layer tables), its rows, CSR entries and the MiB of adjacency it holds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,23 +35,43 @@ def run_one(run: str, workers: int, chunk_size: int, out: Path) -> dict:
     job, model, graph, _ = load_run(run)
     emb, info = exact_embeddings(model, job, graph, workers=workers, chunk_size=chunk_size)
     np.save(out / f"emb-w{workers}.npy", emb.numpy())
-    return {**info, "driver_peak_rss_mb": peak_rss_mb(), "driver_threads": torch.get_num_threads(),
-            "num_nodes": graph.num_nodes, "nnz": int(graph.indptr[-1]), "model": job.model.name,
-            "num_layers": job.model.num_layers, "dim": job.model.dim}
+    return {
+        **info,
+        "driver_peak_rss_mb": peak_rss_mb(),
+        "driver_threads": torch.get_num_threads(),
+        "num_nodes": graph.num_nodes,
+        "nnz": int(graph.indptr[-1]),
+        "model": job.model.name,
+        "num_layers": job.model.num_layers,
+        "dim": job.model.dim,
+    }
 
 
 def measure(run: str, workers: int, chunk_size: int, out: Path) -> dict:
     """Run one setting in a fresh process and return its figures."""
-    cmd = [sys.executable, "-m", "benchmarks.export", "--run", run, "--one", str(workers),
-           "--chunk-size", str(chunk_size), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.export",
+        "--run",
+        run,
+        "--one",
+        str(workers),
+        "--chunk-size",
+        str(chunk_size),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| workers | Ray start s | workers start s | layers s | embedding s (all) | max abs diff vs 1 | "
-            "bitwise equal | driver peak RSS MiB | worker peak RSS MiB | worker RSS after imports MiB | "
-            "worker private MiB added | rows per worker | CSR entries per worker | adjacency held MiB per worker |")
+    head = (
+        "| workers | Ray start s | workers start s | layers s | embedding s (all) | max abs diff vs 1 | "
+        "bitwise equal | driver peak RSS MiB | worker peak RSS MiB | worker RSS after imports MiB | "
+        "worker private MiB added | rows per worker | CSR entries per worker | adjacency held MiB per worker |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         per = r.get("per_worker", [])
@@ -66,7 +87,8 @@ def table(rows: list[dict]) -> str:
             f"{'yes' if r['bitwise_equal'] else 'no'} | {r['driver_peak_rss_mb']:.0f} | {each('peak_rss_mb', '.0f')} | "
             f"{each('rss_at_start_mb', '.0f')} | {added} | "
             f"{spans} | "
-            f"{each('nnz', ',')} | {each('held_mb', '.1f')} |")
+            f"{each('nnz', ',')} | {each('held_mb', '.1f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -88,8 +110,10 @@ def main() -> None:
     counts = sorted({1, *(int(w) for w in args.workers.split(","))})  # 1 is the reference
     rows = []
     for workers in counts:
-        runs = sorted((measure(args.run, workers, args.chunk_size, out) for _ in range(args.repeats)),
-                      key=lambda r: r["embedding_s"])
+        runs = sorted(
+            (measure(args.run, workers, args.chunk_size, out) for _ in range(args.repeats)),
+            key=lambda r: r["embedding_s"],
+        )
         row = runs[len(runs) // 2]  # the median run, with its own memory figures
         row["embedding_s_all"] = [r["embedding_s"] for r in runs]
         rows.append(row)
@@ -100,8 +124,10 @@ def main() -> None:
         row["max_abs_diff"] = float(np.abs(emb - reference).max())
         row["bitwise_equal"] = bool(np.array_equal(emb, reference))
     (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f}; run {args.run}")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}; run {args.run}"
+    )
     print(table(rows))
 
 

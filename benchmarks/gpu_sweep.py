@@ -11,6 +11,7 @@ Why not Ray Tune: the lent GPU machines have no Ray (nothing can be installed th
 screen for directions (which loss, depth, temperature), not the search whose result is reported;
 that one is ``python -m distgnn.tune``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,11 @@ def run_config(config: str, graph: str, name: str, overrides: dict, out: Path) -
     from distgnn.training.loop import fit
 
     configure_logging()
-    job = load_config(TrainJobConfig, config, **{"graph": graph, "run.name": name, "run.output_dir": str(out),
-                                                  "optim.time_budget_min": 0, **overrides})
+    job = load_config(
+        TrainJobConfig,
+        config,
+        **{"graph": graph, "run.name": name, "run.output_dir": str(out), "optim.time_budget_min": 0, **overrides},
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fit(job, create_run_dir(job, str(out), name), build_strategy(job, device))
 
@@ -73,9 +77,23 @@ def main() -> None:
         line = json.loads(raw)
         line["o"].setdefault("cluster.threads_per_worker", args.threads)
         log = open(out / f"{line['name']}.log", "w")
-        command = ["timeout", str(args.seconds), sys.executable, "-m", "benchmarks.gpu_sweep", "--config",
-                   args.config, "--graph", args.graph, "--sweep", args.sweep, "--out", str(out),
-                   "--one", json.dumps(line)]
+        command = [
+            "timeout",
+            str(args.seconds),
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_sweep",
+            "--config",
+            args.config,
+            "--graph",
+            args.graph,
+            "--sweep",
+            args.sweep,
+            "--out",
+            str(out),
+            "--one",
+            json.dumps(line),
+        ]
         children.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
     for child in children:
         child.wait()

@@ -11,6 +11,7 @@ With ``--write``, a second fresh process times the whole :func:`distgnn.data.par
 (verify, partition, write ``parts/``, re-checksum), which leaves ``parts/`` in the graph directory.
 Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,21 +76,35 @@ def machine() -> str:
     from importlib.metadata import version
 
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
-    return (f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, Python {platform.python_version()}, "
-            f"numpy {np.__version__}, torch {version('torch')}, pymetis {version('pymetis')}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB RAM, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, torch {version('torch')}, pymetis {version('pymetis')}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--graph", action="append", default=[], metavar="DIR",
-                        help="prepared graph directory (repeatable); none = a small synthetic graph")
+    parser.add_argument(
+        "--graph",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="prepared graph directory (repeatable); none = a small synthetic graph",
+    )
     parser.add_argument("--parts", default="2,4,8", help="comma-separated numbers of parts (default: 2,4,8)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="partitioning seed (default: 0)")
-    parser.add_argument("--write", action="store_true",
-                        help="also time write_partitions end to end (writes DIR/parts/)")
+    parser.add_argument(
+        "--write", action="store_true", help="also time write_partitions end to end (writes DIR/parts/)"
+    )
     args = parser.parse_args()
     parts = [int(p) for p in args.parts.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
@@ -101,8 +116,20 @@ def main() -> None:
         graphs = [str(prepare(PrepareConfig(output=str(Path(tempfile.mkdtemp()) / "synthetic"))))]
 
     print(f"machine: {machine()}\n")
-    header = ["graph", "nodes", "train edges", "method", "P", "partition s", "edge cut", "balance (edges)",
-              "balance (nodes)", "max halo nodes", "baseline MB", "peak RSS MB"]
+    header = [
+        "graph",
+        "nodes",
+        "train edges",
+        "method",
+        "P",
+        "partition s",
+        "edge cut",
+        "balance (edges)",
+        "balance (nodes)",
+        "max halo nodes",
+        "baseline MB",
+        "peak RSS MB",
+    ]
     if args.write:
         header += ["write_partitions s", "write peak RSS MB"]
     print("| " + " | ".join(header) + " |")
@@ -112,10 +139,20 @@ def main() -> None:
         for method in methods:
             for num_parts in parts:
                 r = in_fresh_process(run_partition, graph_dir, method, num_parts, args.seed)
-                row = [Path(graph_dir).name, f"{num_nodes:,}", f"{num_train:,}", method, str(num_parts),
-                       f"{r['elapsed_s']:.2f}", f"{r['edge_cut']:.3f}", f"{r['balance']:.3f}",
-                       f"{r['node_balance']:.3f}", f"{max(r['num_halo_nodes']):,}", f"{r['baseline_mb']:.0f}",
-                       f"{r['peak_rss_mb']:.0f}"]
+                row = [
+                    Path(graph_dir).name,
+                    f"{num_nodes:,}",
+                    f"{num_train:,}",
+                    method,
+                    str(num_parts),
+                    f"{r['elapsed_s']:.2f}",
+                    f"{r['edge_cut']:.3f}",
+                    f"{r['balance']:.3f}",
+                    f"{r['node_balance']:.3f}",
+                    f"{max(r['num_halo_nodes']):,}",
+                    f"{r['baseline_mb']:.0f}",
+                    f"{r['peak_rss_mb']:.0f}",
+                ]
                 if args.write:
                     w = in_fresh_process(run_write, graph_dir, method, num_parts, args.seed)
                     row += [f"{w['write_s']:.1f}", f"{w['write_peak_rss_mb']:.0f}"]

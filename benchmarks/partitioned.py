@@ -14,6 +14,7 @@ embeddings + Adam state + step buffers), bytes each worker sends per step, the f
 frontier nodes another part owned, step time and test Recall@20. Several workers share a core here,
 so step times are the sum of all workers' work, not the time P machines would take.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,20 @@ def run_one(graph: Path, num_parts: int, args, out: Path) -> dict:
     from distgnn.training.launcher import launch
 
     stats = ensure_parts(graph, num_parts, args.method)
-    overrides = {"graph": str(graph.resolve()), "cluster.partitioned": True, "cluster.num_workers": num_parts,
-                 "cluster.cpus_per_worker": 1, "optim.batch_size": args.global_batch // num_parts,
-                 "optim.epochs": args.epochs, "optim.max_steps_per_epoch": args.steps,
-                 "eval.max_users": args.eval_users, "eval.patience": 0, "eval.every": args.epochs,
-                 "cluster.max_failures": 0, "optim.time_budget_min": 0}
+    overrides = {
+        "graph": str(graph.resolve()),
+        "cluster.partitioned": True,
+        "cluster.num_workers": num_parts,
+        "cluster.cpus_per_worker": 1,
+        "optim.batch_size": args.global_batch // num_parts,
+        "optim.epochs": args.epochs,
+        "optim.max_steps_per_epoch": args.steps,
+        "eval.max_users": args.eval_users,
+        "eval.patience": 0,
+        "eval.every": args.epochs,
+        "cluster.max_failures": 0,
+        "optim.time_budget_min": 0,
+    }
     job = load_config(TrainJobConfig, args.config, **overrides)
     run_dir = create_run_dir(job, str(out / "runs"), f"P{num_parts}-{time.strftime('%H%M%S')}")
     t0 = time.perf_counter()
@@ -54,32 +64,46 @@ def run_one(graph: Path, num_parts: int, args, out: Path) -> dict:
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = history[-1]["traffic"]
     step_s = sum(h["train_s"] for h in history) / sum(h["steps"] for h in history)
-    return {"P": num_parts, "edge_cut": stats["edge_cut"], "balance": stats["balance"],
-            "peak_rss_mb": results["peak_rss_mb_per_worker"],
-            "peak_rss_above_start_mb": results["peak_rss_mb_above_start"],
-            "peak_rss_training_mb": results["peak_rss_mb_training"],
-            "held_mb": sum(results["held_mb"].values()), "held_detail_mb": results["held_mb"],
-            "bytes_per_step": steps["bytes_sent_per_step"], "remote_sample_fraction": steps["remote_sample_fraction"],
-            "remote_row_fraction": steps["remote_row_fraction"],
-            "rows_fetched_per_step": steps["rows_fetched_per_step"],
-            "step_s": step_s, "epochs": len(history), "recall@20": results["test"]["recall@20"],
-            "ndcg@20": results["test"]["ndcg@20"], "popularity_recall@20": results["popularity_test"]["recall@20"],
-            "wall_s": wall_s, "run_dir": str(run_dir)}
+    return {
+        "P": num_parts,
+        "edge_cut": stats["edge_cut"],
+        "balance": stats["balance"],
+        "peak_rss_mb": results["peak_rss_mb_per_worker"],
+        "peak_rss_above_start_mb": results["peak_rss_mb_above_start"],
+        "peak_rss_training_mb": results["peak_rss_mb_training"],
+        "held_mb": sum(results["held_mb"].values()),
+        "held_detail_mb": results["held_mb"],
+        "bytes_per_step": steps["bytes_sent_per_step"],
+        "remote_sample_fraction": steps["remote_sample_fraction"],
+        "remote_row_fraction": steps["remote_row_fraction"],
+        "rows_fetched_per_step": steps["rows_fetched_per_step"],
+        "step_s": step_s,
+        "epochs": len(history),
+        "recall@20": results["test"]["recall@20"],
+        "ndcg@20": results["test"]["ndcg@20"],
+        "popularity_recall@20": results["popularity_test"]["recall@20"],
+        "wall_s": wall_s,
+        "run_dir": str(run_dir),
+    }
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| P | edge cut | held MiB | vs P=1 | peak RSS/worker MiB | vs P=1 | during training MiB | "
-            "above start MiB | MB sent/step/worker | "
-            "remote sample frac | remote row frac | rows fetched/step | step s | epochs | Recall@20 | NDCG@20 |")
+    head = (
+        "| P | edge cut | held MiB | vs P=1 | peak RSS/worker MiB | vs P=1 | during training MiB | "
+        "above start MiB | MB sent/step/worker | "
+        "remote sample frac | remote row frac | rows fetched/step | step s | epochs | Recall@20 | NDCG@20 |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     base, held = rows[0]["peak_rss_mb"], rows[0]["held_mb"]
     for r in rows:
-        lines.append(f"| {r['P']} | {r['edge_cut']:.3f} | {r['held_mb']:.0f} | {r['held_mb'] / held:.0%} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base:.0%} | {r['peak_rss_training_mb']:.0f} | "
-                     f"{r['peak_rss_above_start_mb']:.0f} | {r['bytes_per_step'] / 1e6:.2f} | "
-                     f"{r['remote_sample_fraction']:.3f} | {r['remote_row_fraction']:.3f} | "
-                     f"{r['rows_fetched_per_step']:,.0f} | {r['step_s']:.3f} | {r['epochs']} | "
-                     f"{r['recall@20']:.4f} | {r['ndcg@20']:.4f} |")
+        lines.append(
+            f"| {r['P']} | {r['edge_cut']:.3f} | {r['held_mb']:.0f} | {r['held_mb'] / held:.0%} | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base:.0%} | {r['peak_rss_training_mb']:.0f} | "
+            f"{r['peak_rss_above_start_mb']:.0f} | {r['bytes_per_step'] / 1e6:.2f} | "
+            f"{r['remote_sample_fraction']:.3f} | {r['remote_row_fraction']:.3f} | "
+            f"{r['rows_fetched_per_step']:,.0f} | {r['step_s']:.3f} | {r['epochs']} | "
+            f"{r['recall@20']:.4f} | {r['ndcg@20']:.4f} |"
+        )
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@
 Each row trains with `distgnn.training.loop.launch` (Ray Train workers, DDP) and reads the run's results.json;
 the table goes to stdout and to --out as Markdown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {
     "synthetic": (None, "configs/default.yaml"),
     "ml-100k": (PrepareConfig(input=str(SHARED / "ml-100k"), split="given", val_fraction=0.1), "configs/ml-100k.yaml"),
-    "ml-100k-random": (PrepareConfig(input=str(SHARED / "ml-100k"), split="random", val_fraction=0.1,
-                                     test_fraction=0.2), "configs/ml-100k.yaml"),
+    "ml-100k-random": (
+        PrepareConfig(input=str(SHARED / "ml-100k"), split="random", val_fraction=0.1, test_fraction=0.2),
+        "configs/ml-100k.yaml",
+    ),
     "gowalla": (PrepareConfig(input=str(SHARED / "gowalla"), split="given", val_fraction=0.0), "configs/gowalla.yaml"),
 }
 
@@ -75,19 +78,23 @@ def main() -> None:
     import ray
 
     ray.init(logging_level="ERROR", include_dashboard=False)
-    lines = ["| dataset | model | Recall@20 | NDCG@20 | popularity Recall@20 | popularity NDCG@20 | item-kNN Recall@20 "
-             "| item-kNN NDCG@20 | epochs (best) | train s | wall s | workers | peak RSS/worker MiB |",
-             "|" + "---|" * 13]
+    lines = [
+        "| dataset | model | Recall@20 | NDCG@20 | popularity Recall@20 | popularity NDCG@20 | item-kNN Recall@20 "
+        "| item-kNN NDCG@20 | epochs (best) | train s | wall s | workers | peak RSS/worker MiB |",
+        "|" + "---|" * 13,
+    ]
     for dataset in args.datasets.split(","):
         knn = None
         for model in args.models.split(","):
             r = run_one(dataset, model, Path(args.work), args.workers)
             knn = knn or item_knn(r["graph"], args.knn_neighbors)
             t, p = r["test"], r["popularity_test"]
-            lines.append(f"| {dataset} | {model} | {t['recall@20']:.4f} | {t['ndcg@20']:.4f} | {p['recall@20']:.4f} "
-                         f"| {p['ndcg@20']:.4f} | {knn['recall@20']:.4f} | {knn['ndcg@20']:.4f} "
-                         f"| {r['epochs_run']} ({r['best_epoch']}) | {r['train_s']:.0f} "
-                         f"| {r['wall_s']:.0f} | {r['num_workers']} | {r['peak_rss_mb_per_worker']:.0f} |")
+            lines.append(
+                f"| {dataset} | {model} | {t['recall@20']:.4f} | {t['ndcg@20']:.4f} | {p['recall@20']:.4f} "
+                f"| {p['ndcg@20']:.4f} | {knn['recall@20']:.4f} | {knn['ndcg@20']:.4f} "
+                f"| {r['epochs_run']} ({r['best_epoch']}) | {r['train_s']:.0f} "
+                f"| {r['wall_s']:.0f} | {r['num_workers']} | {r['peak_rss_mb_per_worker']:.0f} |"
+            )
             print(lines[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

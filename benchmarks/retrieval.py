@@ -25,6 +25,7 @@ recall@10 >= 0.95 and batch-1 QPS >= 10x that of Flat, each at its better thread
 the Flat row and against Flat re-measured right after the row (the machine may be shared). Prints the
 tables, writes them with a JSON of all rows and a recall@10-vs-QPS plot to ``--out``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,10 +73,19 @@ PQ_NPROBES = (16, 64, 256)
 # ---------------------------------------------------------------- data
 
 
-def synthetic_embeddings(num_items: int, num_queries: int, dim: int, *, num_clusters: int = 4096,
-                         size_exponent: float = 0.9, spectrum_exponent: float = 0.1, spread: float = 0.6,
-                         norm_exponent: float = 0.1, seed: int = 0,
-                         chunk_rows: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_embeddings(
+    num_items: int,
+    num_queries: int,
+    dim: int,
+    *,
+    num_clusters: int = 4096,
+    size_exponent: float = 0.9,
+    spectrum_exponent: float = 0.1,
+    spread: float = 0.6,
+    norm_exponent: float = 0.1,
+    seed: int = 0,
+    chunk_rows: int = 262_144,
+) -> tuple[np.ndarray, np.ndarray]:
     """Item vectors ``xb [num_items, dim]`` and query vectors ``xq [num_queries, dim]`` (float32)
     that look like learned recommendation embeddings rather than uniform noise.
 
@@ -94,8 +104,9 @@ def synthetic_embeddings(num_items: int, num_queries: int, dim: int, *, num_clus
     Generated in chunks of ``chunk_rows`` so the float32 output is the only full-size array.
     """
     if min(num_items, num_queries, dim, num_clusters) < 1:
-        raise ValueError(f"sizes must be positive, got items={num_items} queries={num_queries} "
-                         f"dim={dim} clusters={num_clusters}")
+        raise ValueError(
+            f"sizes must be positive, got items={num_items} queries={num_queries} dim={dim} clusters={num_clusters}"
+        )
     rng = np.random.default_rng(seed)
     axis_scale = np.arange(1, dim + 1, dtype=np.float64) ** -spectrum_exponent
     rotation, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
@@ -114,7 +125,7 @@ def synthetic_embeddings(num_items: int, num_queries: int, dim: int, *, num_clus
             cluster = draw_rng.choice(num_clusters, rows, p=weights)
             x = draw_rng.standard_normal((rows, dim), dtype=np.float32) * noise_scale
             x += centers[cluster]
-            out[start:start + rows] = x @ rotation
+            out[start : start + rows] = x @ rotation
         return out
 
     item_rng, query_rng = (np.random.default_rng(s) for s in rng.integers(0, 2**63, size=2))
@@ -126,8 +137,7 @@ def synthetic_embeddings(num_items: int, num_queries: int, dim: int, *, num_clus
     return xb, xq
 
 
-def embedding_stats(x: np.ndarray, *, sample: int = 40_000, num_clusters: int = 200,
-                    seed: int = 0) -> dict[str, float]:
+def embedding_stats(x: np.ndarray, *, sample: int = 40_000, num_clusters: int = 200, seed: int = 0) -> dict[str, float]:
     """A few shape statistics of ``x [n, d]`` for comparing synthetic with learned embeddings.
 
     ``norm_cv`` is the coefficient of variation of the row norms; ``top8_var`` the share of variance
@@ -145,8 +155,11 @@ def embedding_stats(x: np.ndarray, *, sample: int = 40_000, num_clusters: int = 
     kmeans = faiss.Kmeans(unit.shape[1], num_clusters, niter=10, seed=seed, spherical=True, verbose=False)
     kmeans.train(unit)
     cos, _ = kmeans.index.search(unit, 1)
-    return {"norm_cv": float(norms.std() / norms.mean()), "top8_var": float(eig[:8].sum() / eig.sum()),
-            "cluster_cos": float(cos.mean())}
+    return {
+        "norm_cv": float(norms.std() / norms.mean()),
+        "top8_var": float(eig[:8].sum() / eig.sum()),
+        "cluster_cos": float(cos.mean()),
+    }
 
 
 @dataclass
@@ -189,7 +202,9 @@ def load_export(path: str | Path, *, num_queries: int, seed: int = 0) -> Dataset
     # seen.parquet holds train + val + test; test items must stay rankable, so exclude train + val only
     exclude = item_sets_from_pairs(
         np.concatenate([pairs[s]["user"].to_numpy() for s in ("train", "val")]),
-        np.concatenate([pairs[s]["item"].to_numpy() for s in ("train", "val")]), num_users)
+        np.concatenate([pairs[s]["item"].to_numpy() for s in ("train", "val")]),
+        num_users,
+    )
     truth = item_sets_from_pairs(pairs["test"]["user"].to_numpy(), pairs["test"]["item"].to_numpy(), num_users)
     users = np.flatnonzero(truth.counts.numpy() > 0)
     # similar exclusion counts per batch: search_excluding searches k + the batch's largest count deep
@@ -221,8 +236,9 @@ def recall_at(ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
     return float(hits.sum() / (len(got) * k))
 
 
-def single_query_qps(index: faiss.Index, xq: np.ndarray, k: int, *, threads: int, max_queries: int,
-                     max_seconds: float, rounds: int = 5) -> float:
+def single_query_qps(
+    index: faiss.Index, xq: np.ndarray, k: int, *, threads: int, max_queries: int, max_seconds: float, rounds: int = 5
+) -> float:
     """Queries per second answering one query at a time with ``threads`` OpenMP threads: the median
     over ``rounds`` rounds (the machine is shared, so a median resists bursts of other work).
 
@@ -233,13 +249,13 @@ def single_query_qps(index: faiss.Index, xq: np.ndarray, k: int, *, threads: int
     faiss.omp_set_num_threads(threads)
     try:
         for i in range(min(10, len(xq))):
-            search(index, xq[i:i + 1], k, metric="ip")
+            search(index, xq[i : i + 1], k, metric="ip")
         per_round = max(1, min(max_queries, len(xq)) // rounds)
         qps = []
         for r in range(rounds):
             done, start = 0, time.perf_counter()
             for i in range(r * per_round, (r + 1) * per_round):
-                search(index, xq[i % len(xq):i % len(xq) + 1], k, metric="ip")
+                search(index, xq[i % len(xq) : i % len(xq) + 1], k, metric="ip")
                 done += 1
                 if time.perf_counter() - start > max_seconds / rounds:
                     break
@@ -249,8 +265,7 @@ def single_query_qps(index: faiss.Index, xq: np.ndarray, k: int, *, threads: int
         faiss.omp_set_num_threads(previous)
 
 
-def batch_search(index: faiss.Index, xq: np.ndarray, k: int,
-                 batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, float]:
+def batch_search(index: faiss.Index, xq: np.ndarray, k: int, batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, float]:
     """``I [q, k]`` over all of ``xq`` in batches of ``batch_size``, and the queries per second of the
     median batch."""
     search(index, xq[:16], k, metric="ip")  # warm-up: OpenMP threads, first touch
@@ -258,8 +273,8 @@ def batch_search(index: faiss.Index, xq: np.ndarray, k: int,
     seconds_per_query = []
     for lo in range(0, len(xq), batch_size):
         start = time.perf_counter()
-        ids[lo:lo + batch_size] = search(index, xq[lo:lo + batch_size], k, metric="ip")[1]
-        seconds_per_query.append((time.perf_counter() - start) / len(ids[lo:lo + batch_size]))
+        ids[lo : lo + batch_size] = search(index, xq[lo : lo + batch_size], k, metric="ip")[1]
+        seconds_per_query.append((time.perf_counter() - start) / len(ids[lo : lo + batch_size]))
     return ids, float(1.0 / np.median(seconds_per_query))
 
 
@@ -267,11 +282,19 @@ def recommendation_quality(index: faiss.Index, quality: Quality, *, batch_size: 
     """Recall/NDCG@20 of ``search_excluding`` top-20 lists over ``quality.users`` (sums, then means)."""
     total = None
     for lo in range(0, len(quality.users), batch_size):
-        users = quality.users[lo:lo + batch_size]
-        _, ids = search_excluding(index, quality.user_emb[users], QUALITY_K, quality.exclude.indptr,
-                                  quality.exclude.indices, users, metric="ip")
-        sums = ranking_sums(torch.from_numpy(ids), torch.from_numpy(users), quality.truth.indptr,
-                            quality.truth.indices, [QUALITY_K])
+        users = quality.users[lo : lo + batch_size]
+        _, ids = search_excluding(
+            index,
+            quality.user_emb[users],
+            QUALITY_K,
+            quality.exclude.indptr,
+            quality.exclude.indices,
+            users,
+            metric="ip",
+        )
+        sums = ranking_sums(
+            torch.from_numpy(ids), torch.from_numpy(users), quality.truth.indptr, quality.truth.indices, [QUALITY_K]
+        )
         total = sums if total is None else add_sums(total, sums)
     result = finalize(total)
     return {f"recall@{QUALITY_K}": result[f"recall@{QUALITY_K}"], f"ndcg@{QUALITY_K}": result[f"ndcg@{QUALITY_K}"]}
@@ -314,8 +337,9 @@ class IndexSpec:
     values: tuple[int, ...]
 
 
-def index_specs(families: list[str], num_items: int, dim: int, *, quick: bool,
-                ef_construction: int | None) -> list[IndexSpec]:
+def index_specs(
+    families: list[str], num_items: int, dim: int, *, quick: bool, ef_construction: int | None
+) -> list[IndexSpec]:
     """What to build for a dataset of ``num_items x dim``, each library default included in its sweep."""
     params = choose_index_params(num_items, dim)
     nlist = params["nlist"]
@@ -332,20 +356,33 @@ def index_specs(families: list[str], num_items: int, dim: int, *, quick: bool,
             specs.append(IndexSpec("ivf", "ivf", {}, "nprobe", nprobes))
         elif family == "hnsw":
             hnsw_params = {} if ef_construction is None else {"ef_construction": ef_construction}
-            specs.append(IndexSpec("hnsw", "hnsw", hnsw_params, "ef_search",
-                                   sweep(EF_SEARCHES[::2] if quick else EF_SEARCHES, params["ef_search"], 10**9)))
+            specs.append(
+                IndexSpec(
+                    "hnsw",
+                    "hnsw",
+                    hnsw_params,
+                    "ef_search",
+                    sweep(EF_SEARCHES[::2] if quick else EF_SEARCHES, params["ef_search"], 10**9),
+                )
+            )
         elif family == "ivfpq":
             for pq_m in (16, 32):
                 if dim % pq_m == 0:
-                    specs.append(IndexSpec(f"ivfpq m{pq_m}", "ivfpq", {"pq_m": pq_m}, "nprobe",
-                                           sweep(PQ_NPROBES, default_nprobe(nlist), nlist)))
+                    specs.append(
+                        IndexSpec(
+                            f"ivfpq m{pq_m}",
+                            "ivfpq",
+                            {"pq_m": pq_m},
+                            "nprobe",
+                            sweep(PQ_NPROBES, default_nprobe(nlist), nlist),
+                        )
+                    )
         else:
             raise ValueError(f"unknown index family {family!r}; known: flat, ivf, hnsw, ivfpq")
     return specs
 
 
-def bench_dataset(dataset: Dataset, specs: list[IndexSpec], *, single_queries: int,
-                  single_max_s: float) -> list[Row]:
+def bench_dataset(dataset: Dataset, specs: list[IndexSpec], *, single_queries: int, single_max_s: float) -> list[Row]:
     """Build every index of ``specs`` over ``dataset.xb`` and measure every search setting."""
     num_items, dim = dataset.xb.shape
     rows: list[Row] = []
@@ -379,20 +416,55 @@ def bench_dataset(dataset: Dataset, specs: list[IndexSpec], *, single_queries: i
                     raise ValueError("the first index of a dataset must be flat (the exact reference)")
                 exact_ids, flat = ids100, index
             ids10, qps_b1024 = batch_search(index, dataset.xq, 10)
-            qps = [single_query_qps(index, dataset.xq, 10, threads=t, max_queries=single_queries,
-                                    max_seconds=single_max_s) for t in (1, 2)]
+            qps = [
+                single_query_qps(index, dataset.xq, 10, threads=t, max_queries=single_queries, max_seconds=single_max_s)
+                for t in (1, 2)
+            ]
             # Flat again, briefly, so every row has a reference taken under the same machine load
-            flat_now = qps[0] if index is flat else single_query_qps(
-                flat, dataset.xq[::-1], 10, threads=1, max_queries=single_queries // 5,
-                max_seconds=single_max_s / 5, rounds=3)
-            row = Row(dataset.name, spec.family, factory, setting, build_s, index_bytes, qps[0], qps[1],
-                      qps_b1024, recall_at(ids10, exact_ids, 10), recall_at(ids100, exact_ids, 100),
-                      flat_now, os.getloadavg()[0])
+            flat_now = (
+                qps[0]
+                if index is flat
+                else single_query_qps(
+                    flat,
+                    dataset.xq[::-1],
+                    10,
+                    threads=1,
+                    max_queries=single_queries // 5,
+                    max_seconds=single_max_s / 5,
+                    rounds=3,
+                )
+            )
+            row = Row(
+                dataset.name,
+                spec.family,
+                factory,
+                setting,
+                build_s,
+                index_bytes,
+                qps[0],
+                qps[1],
+                qps_b1024,
+                recall_at(ids10, exact_ids, 10),
+                recall_at(ids100, exact_ids, 100),
+                flat_now,
+                os.getloadavg()[0],
+            )
             if dataset.quality is not None:
                 row.quality = recommendation_quality(index, dataset.quality)
-            log.info("%s | %s %s | b1 %.0f/%.0f qps (%.1fx Flat now), b1024 %.0f qps | R@10 %.4f R@100 %.4f "
-                     "| load %.1f %s", dataset.name, spec.family, setting, row.qps_b1_t1, row.qps_b1_t2,
-                     row.speedup, row.qps_b1024, row.recall10, row.recall100, row.load, row.quality or "")
+            log.info(
+                "%s | %s %s | b1 %.0f/%.0f qps (%.1fx Flat now), b1024 %.0f qps | R@10 %.4f R@100 %.4f | load %.1f %s",
+                dataset.name,
+                spec.family,
+                setting,
+                row.qps_b1_t1,
+                row.qps_b1_t2,
+                row.speedup,
+                row.qps_b1024,
+                row.recall10,
+                row.recall100,
+                row.load,
+                row.quality or "",
+            )
             rows.append(row)
         if index is not flat:
             del index
@@ -424,15 +496,23 @@ def target_check(rows: list[Row], num_items: int) -> tuple[bool, Row | None, str
         per_family = {}
         for r in sorted(passing, key=lambda r: -r.qps_b1):
             per_family.setdefault(r.family, r)
-        line = prefix + f"{'REACHED' if reached else 'met'}: " + "; ".join(
-            f"{r.family} {r.setting} recall@10 {r.recall10:.4f} at {r.qps_b1:,.0f} QPS (batch 1) = "
-            f"{r.qps_b1 / flat_qps:.1f}x the Flat row's {flat_qps:,.0f} QPS and {r.speedup:.1f}x Flat "
-            f"re-measured in the same minute" for r in per_family.values())
+        line = (
+            prefix
+            + f"{'REACHED' if reached else 'met'}: "
+            + "; ".join(
+                f"{r.family} {r.setting} recall@10 {r.recall10:.4f} at {r.qps_b1:,.0f} QPS (batch 1) = "
+                f"{r.qps_b1 / flat_qps:.1f}x the Flat row's {flat_qps:,.0f} QPS and {r.speedup:.1f}x Flat "
+                f"re-measured in the same minute"
+                for r in per_family.values()
+            )
+        )
         return reached, best, line
     quick = [r for r in candidates if fast(r)]
     best = max(quick, key=lambda r: r.recall10) if quick else None
-    line = prefix + (f"NOT reached: no IVF/HNSW setting has recall@10 >= {TARGET_RECALL} at >= "
-                     f"{TARGET_SPEEDUP:.0f}x Flat's batch-1 QPS ({flat_qps:,.0f} in the Flat row)")
+    line = prefix + (
+        f"NOT reached: no IVF/HNSW setting has recall@10 >= {TARGET_RECALL} at >= "
+        f"{TARGET_SPEEDUP:.0f}x Flat's batch-1 QPS ({flat_qps:,.0f} in the Flat row)"
+    )
     if best is not None:
         line += f"; best at >= 10x: {best.family} {best.setting} recall@10 {best.recall10:.4f}"
     return False, best, line
@@ -443,18 +523,43 @@ def target_check(rows: list[Row], num_items: int) -> tuple[bool, Row | None, str
 
 def markdown_table(rows: list[Row]) -> str:
     has_quality = any(r.quality for r in rows)
-    head = ["index", "factory", "setting", "build s", "index MB", "QPS b1 (1 thr)", "QPS b1 (2 thr)",
-            "x Flat b1 (same min)", "QPS b1024 (2 thr)", "recall@10", "recall@100", "load"]
+    head = [
+        "index",
+        "factory",
+        "setting",
+        "build s",
+        "index MB",
+        "QPS b1 (1 thr)",
+        "QPS b1 (2 thr)",
+        "x Flat b1 (same min)",
+        "QPS b1024 (2 thr)",
+        "recall@10",
+        "recall@100",
+        "load",
+    ]
     if has_quality:
         head += [f"Recall@{QUALITY_K}", f"NDCG@{QUALITY_K}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for r in rows:
-        cells = [r.family, f"`{r.factory}`", r.setting or "-", f"{r.build_s:.1f}", f"{r.index_bytes / 1e6:,.1f}",
-                 f"{r.qps_b1_t1:,.0f}", f"{r.qps_b1_t2:,.0f}", f"{r.speedup:.1f}", f"{r.qps_b1024:,.0f}",
-                 f"{r.recall10:.4f}", f"{r.recall100:.4f}", f"{r.load:.1f}"]
+        cells = [
+            r.family,
+            f"`{r.factory}`",
+            r.setting or "-",
+            f"{r.build_s:.1f}",
+            f"{r.index_bytes / 1e6:,.1f}",
+            f"{r.qps_b1_t1:,.0f}",
+            f"{r.qps_b1_t2:,.0f}",
+            f"{r.speedup:.1f}",
+            f"{r.qps_b1024:,.0f}",
+            f"{r.recall10:.4f}",
+            f"{r.recall100:.4f}",
+            f"{r.load:.1f}",
+        ]
         if has_quality:
-            cells += [f"{r.quality.get(f'recall@{QUALITY_K}', float('nan')):.4f}",
-                      f"{r.quality.get(f'ndcg@{QUALITY_K}', float('nan')):.4f}"]
+            cells += [
+                f"{r.quality.get(f'recall@{QUALITY_K}', float('nan')):.4f}",
+                f"{r.quality.get(f'ndcg@{QUALITY_K}', float('nan')):.4f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -471,12 +576,22 @@ def plot(rows_by_dataset: dict[str, list[Row]], path: Path) -> None:
         for family in families:
             fam = [r for r in rows if r.family == family]
             marker = "*" if family == "flat" else "o"
-            ax.plot([r.qps_b1 for r in fam], [r.recall10 for r in fam], marker=marker, markersize=10 if
-                    family == "flat" else 5, label=family)
+            ax.plot(
+                [r.qps_b1 for r in fam],
+                [r.recall10 for r in fam],
+                marker=marker,
+                markersize=10 if family == "flat" else 5,
+                label=family,
+            )
         flat = [r for r in rows if r.family == "flat"]
         if flat:
-            ax.axvline(TARGET_SPEEDUP * flat[0].qps_b1, color="grey", linestyle="--", linewidth=1,
-                       label=f"{TARGET_SPEEDUP:.0f}x Flat QPS")
+            ax.axvline(
+                TARGET_SPEEDUP * flat[0].qps_b1,
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"{TARGET_SPEEDUP:.0f}x Flat QPS",
+            )
         ax.axhline(TARGET_RECALL, color="grey", linestyle=":", linewidth=1, label=f"recall@10 = {TARGET_RECALL}")
         ax.set_xscale("log")
         ax.set_xlabel("queries/s at batch 1 (better of 1 and 2 threads, log)")
@@ -501,8 +616,10 @@ def machine_description() -> str:
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{model}, {os.cpu_count()} CPUs, {mem_gib:.0f} GiB; Python {platform.python_version()}, "
-            f"faiss {faiss.__version__}, numpy {np.__version__}")
+    return (
+        f"{model}, {os.cpu_count()} CPUs, {mem_gib:.0f} GiB; Python {platform.python_version()}, "
+        f"faiss {faiss.__version__}, numpy {np.__version__}"
+    )
 
 
 def peak_rss_mib() -> float:
@@ -524,9 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-queries", type=int, default=300, help="queries timed one at a time")
     parser.add_argument("--single-max-s", type=float, default=20.0, help="time cap of one batch-1 measurement")
     parser.add_argument("--indexes", default="flat,ivf,hnsw,ivfpq", help="families to build (flat is always first)")
-    parser.add_argument("--hnsw-items", type=int, default=0,
-                        help="build HNSW over only the first N synthetic items, with its own exact reference "
-                             "(0: all items)")
+    parser.add_argument(
+        "--hnsw-items",
+        type=int,
+        default=0,
+        help="build HNSW over only the first N synthetic items, with its own exact reference (0: all items)",
+    )
     parser.add_argument("--ef-construction", type=int, default=None, help="HNSW efConstruction (default: distgnn's)")
     parser.add_argument("--export", default=None, help="an export folder written by distgnn.serving.export")
     parser.add_argument("--out", default="benchmarks/out", help="folder for the table, JSON and plot")
@@ -564,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         split_hnsw = "hnsw" in families and 0 < args.hnsw_items < args.items
         results[name] = run(synthetic, [f for f in families if not (split_hnsw and f == "hnsw")])
         if split_hnsw:
-            sub = Dataset(f"synthetic first {args.hnsw_items:,} x {args.dim}", xb[:args.hnsw_items], xq)
+            sub = Dataset(f"synthetic first {args.hnsw_items:,} x {args.dim}", xb[: args.hnsw_items], xq)
             datasets_info[sub.name] = args.hnsw_items
             results[sub.name] = run(sub, ["flat", "hnsw"])
         del synthetic, xb, xq
@@ -577,23 +697,34 @@ def main(argv: list[str] | None = None) -> int:
         if dataset.quality is not None:
             references[dataset.name] = (
                 f"Recall@{QUALITY_K}/NDCG@{QUALITY_K} over the {len(dataset.quality.users):,} users with test "
-                f"items, train+val items excluded; the export's manifest reports " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in dataset.quality.reference.items())
-                + " (exact, from training's evaluator).")
+                f"items, train+val items excluded; the export's manifest reports "
+                + ", ".join(f"{k} {v:.4f}" for k, v in dataset.quality.reference.items())
+                + " (exact, from training's evaluator)."
+            )
 
     command = "python -m benchmarks.retrieval " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = [f"## Retrieval benchmark ({started})", "", f"    {command.strip()}", "",
-              f"Machine: {machine_description()}. Load average (1 min) at start {load_start:.1f}, "
-              f"at end {os.getloadavg()[0]:.1f}.", "",
-              f"{args.queries} queries per dataset; k = 10 for all QPS; batch 1: up to {args.single_queries} "
-              f"single queries (at most {args.single_max_s:.0f} s) per thread count; batch 1024 and builds: "
-              f"{args.threads} OpenMP threads. Recall is against Flat on the same queries.", ""]
+    report = [
+        f"## Retrieval benchmark ({started})",
+        "",
+        f"    {command.strip()}",
+        "",
+        f"Machine: {machine_description()}. Load average (1 min) at start {load_start:.1f}, "
+        f"at end {os.getloadavg()[0]:.1f}.",
+        "",
+        f"{args.queries} queries per dataset; k = 10 for all QPS; batch 1: up to {args.single_queries} "
+        f"single queries (at most {args.single_max_s:.0f} s) per thread count; batch 1024 and builds: "
+        f"{args.threads} OpenMP threads. Recall is against Flat on the same queries.",
+        "",
+    ]
     for name, rows in results.items():
         reached, _, line = target_check(rows, datasets_info[name])
         report += [f"### {name}", ""]
         if name in stats:
-            report += ["Embedding statistics: " + ", ".join(
-                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats[name].items()), ""]
+            report += [
+                "Embedding statistics: "
+                + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats[name].items()),
+                "",
+            ]
         if name in references:
             report += [references[name], ""]
         report += [markdown_table(rows), "", f"Target: {line}", ""]
@@ -602,10 +733,21 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(report) + "\n"
     print("\n" + text)
     write_atomic(out / "retrieval.md", text)
-    write_atomic(out / "retrieval.json", json.dumps(
-        {"command": command, "machine": machine_description(), "stats": stats, "peak_rss_mib": peak,
-         "rows": [asdict(r) | {"qps_b1": r.qps_b1, "speedup": r.speedup}
-                  for rows in results.values() for r in rows]}, indent=2))
+    write_atomic(
+        out / "retrieval.json",
+        json.dumps(
+            {
+                "command": command,
+                "machine": machine_description(),
+                "stats": stats,
+                "peak_rss_mib": peak,
+                "rows": [
+                    asdict(r) | {"qps_b1": r.qps_b1, "speedup": r.speedup} for rows in results.values() for r in rows
+                ],
+            },
+            indent=2,
+        ),
+    )
     plot(results, out / "retrieval.png")
     log.info("wrote %s, %s, %s", out / "retrieval.md", out / "retrieval.json", out / "retrieval.png")
     return 0

@@ -15,6 +15,7 @@ split from ../shared/data/gowalla (skipped when absent). Compared in the same pr
 Seeds are all nodes, shuffled. Each row is the median over repeats of the mean time per batch; prints a
 markdown table and the peak RSS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ FANOUTS = [10, 10]
 BATCH_SIZE = 1024
 
 
-def csr_from_pairs(user: np.ndarray, item: np.ndarray, num_users: int,
-                   num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+def csr_from_pairs(
+    user: np.ndarray, item: np.ndarray, num_users: int, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Both-direction CSR ``(indptr [N+1], indices [2E])`` of distinct (user, item) pairs, rows sorted."""
     indptr, indices = build_csr(num_users, num_items, user, item)
     return torch.from_numpy(indptr), torch.from_numpy(indices)
@@ -90,8 +92,16 @@ def loader_batches(loader) -> Callable[[], int]:
     return next_batch
 
 
-def bench_graph(name: str, indptr: torch.Tensor, indices: torch.Tensor, num_users: int, num_items: int,
-                *, num_batches: int, repeats: int) -> list[tuple]:
+def bench_graph(
+    name: str,
+    indptr: torch.Tensor,
+    indices: torch.Tensor,
+    num_users: int,
+    num_items: int,
+    *,
+    num_batches: int,
+    repeats: int,
+) -> list[tuple]:
     num_nodes = num_users + num_items
     perm = torch.randperm(num_nodes, generator=torch.Generator().manual_seed(0))
     seed_batches = perm[: (num_nodes // BATCH_SIZE) * BATCH_SIZE].view(-1, BATCH_SIZE)
@@ -103,15 +113,15 @@ def bench_graph(name: str, indptr: torch.Tensor, indices: torch.Tensor, num_user
 
     def core() -> int:
         seeds = seed_batches[next(counter) % len(seed_batches)]
-        return sample_subgraph(indptr, indices, seeds, FANOUTS, generator=generator,
-                               node_map=node_map).node.numel()
+        return sample_subgraph(indptr, indices, seeds, FANOUTS, generator=generator, node_map=node_map).node.numel()
 
     rows.append((name, "distgnn sample_subgraph", *time_batches(core, num_batches, repeats)))
 
     sampler = NeighborSampler(indptr, indices, FANOUTS, num_users=num_users, num_items=num_items, seed=0)
     data = Data(num_nodes=num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long))
-    loader = NodeLoader(data, node_sampler=sampler, input_nodes=torch.arange(num_nodes),
-                        batch_size=BATCH_SIZE, shuffle=True)
+    loader = NodeLoader(
+        data, node_sampler=sampler, input_nodes=torch.arange(num_nodes), batch_size=BATCH_SIZE, shuffle=True
+    )
     rows.append((name, "distgnn + NodeLoader", *time_batches(loader_batches(loader), num_batches, repeats)))
 
     if torch_geometric.typing.WITH_PYG_LIB or torch_geometric.typing.WITH_TORCH_SPARSE:
@@ -128,16 +138,17 @@ def bench_graph(name: str, indptr: torch.Tensor, indices: torch.Tensor, num_user
             return pyg_sampler._sample(seeds).node.numel()
 
         rows.append((name, f"PyG NeighborSampler ({lib})", *time_batches(pyg_core, num_batches, repeats)))
-        pyg_loader = NeighborLoader(pyg_data, FANOUTS, input_nodes=torch.arange(num_nodes),
-                                    batch_size=BATCH_SIZE, shuffle=True)
-        rows.append((name, f"PyG NeighborLoader ({lib})",
-                     *time_batches(loader_batches(pyg_loader), num_batches, repeats)))
+        pyg_loader = NeighborLoader(
+            pyg_data, FANOUTS, input_nodes=torch.arange(num_nodes), batch_size=BATCH_SIZE, shuffle=True
+        )
+        rows.append(
+            (name, f"PyG NeighborLoader ({lib})", *time_batches(loader_batches(pyg_loader), num_batches, repeats))
+        )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer batches and repeats")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = parser.parse_args()
@@ -155,23 +166,24 @@ def main() -> None:
 
     rows = []
     for name, num_users, num_items, (indptr, indices) in graphs:
-        rows += bench_graph(name, indptr, indices, num_users, num_items, num_batches=num_batches,
-                            repeats=repeats)
+        rows += bench_graph(name, indptr, indices, num_users, num_items, num_batches=num_batches, repeats=repeats)
 
-    print(f"\nfanouts {FANOUTS}, {BATCH_SIZE} seed nodes per batch, median of {repeats} repeats x "
-          f"{num_batches} batches; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs ({platform.machine()}), load average at the end "
-          f"{os.getloadavg()[0]:.1f}\n")
+    print(
+        f"\nfanouts {FANOUTS}, {BATCH_SIZE} seed nodes per batch, median of {repeats} repeats x "
+        f"{num_batches} batches; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs ({platform.machine()}), load average at the end "
+        f"{os.getloadavg()[0]:.1f}\n"
+    )
     print("| graph | sampler | ms/batch | batches/s | sampled nodes/batch | sampled nodes/s |")
     print("|---|---|---:|---:|---:|---:|")
     for name, sampler, seconds, nodes in rows:
-        print(f"| {name} | {sampler} | {seconds * 1e3:.1f} | {1 / seconds:.1f} | {nodes:,.0f} | "
-              f"{nodes / seconds:,.0f} |")
+        print(
+            f"| {name} | {sampler} | {seconds * 1e3:.1f} | {1 / seconds:.1f} | {nodes:,.0f} | {nodes / seconds:,.0f} |"
+        )
     baseline = {name: s for name, sampler, s, _ in rows if sampler.startswith("PyG NeighborLoader")}
     for name, sampler, seconds, _ in rows:
         if sampler == "distgnn + NodeLoader" and name in baseline:
-            print(f"\n{name}: distgnn + NodeLoader is {baseline[name] / seconds:.1f}x faster than "
-                  f"PyG NeighborLoader")
+            print(f"\n{name}: distgnn + NodeLoader is {baseline[name] / seconds:.1f}x faster than PyG NeighborLoader")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS: {peak_mib:,.0f} MiB")
 

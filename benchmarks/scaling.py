@@ -36,10 +36,16 @@ def run_one(job: TrainJobConfig, out: Path, tag: str) -> dict:
     run_dir = create_run_dir(job, str(out / "runs"), tag)
     results = launch(job, run_dir)
     record = read_history(run_dir)[-1]
-    return {"tag": tag, "workers": job.cluster.num_workers, "steps": record["steps"],
-            "batch_per_worker": job.optim.batch_size, "train_s": record["train_s"],
-            "edges_per_s": record["edges_per_s"], "step_ms": record["step_ms"],
-            "peak_rss_mb_per_worker": round(results["peak_rss_mb_per_worker"])}
+    return {
+        "tag": tag,
+        "workers": job.cluster.num_workers,
+        "steps": record["steps"],
+        "batch_per_worker": job.optim.batch_size,
+        "train_s": record["train_s"],
+        "edges_per_s": record["edges_per_s"],
+        "step_ms": record["step_ms"],
+        "peak_rss_mb_per_worker": round(results["peak_rss_mb_per_worker"]),
+    }
 
 
 def synthetic_graph(out: Path, edges: int) -> Path:
@@ -47,23 +53,35 @@ def synthetic_graph(out: Path, edges: int) -> Path:
     users = max(1000, edges // 30)
     folder = out / "graphs" / f"synthetic-{edges}"
     if not (folder / "meta.json").exists():
-        prepare(PrepareConfig(output=str(folder), split="random", val_fraction=0.0, test_fraction=0.05,
-                              synthetic=SyntheticConfig(num_users=users, num_items=max(2000, users // 10))))
+        prepare(
+            PrepareConfig(
+                output=str(folder),
+                split="random",
+                val_fraction=0.0,
+                test_fraction=0.05,
+                synthetic=SyntheticConfig(num_users=users, num_items=max(2000, users // 10)),
+            )
+        )
     return folder
 
 
 def table(rows: list[dict], cores: int) -> str:
     base = {r["tag"].rsplit("-w", 1)[0]: r["edges_per_s"] for r in rows if r["workers"] == 1}
-    head = ("| run | workers | cores shared | steps x batch | edges/s | speed-up | "
-            + " | ".join(f"{p} ms" for p in PHASES) + " | peak RSS/worker MiB |")
+    head = (
+        "| run | workers | cores shared | steps x batch | edges/s | speed-up | "
+        + " | ".join(f"{p} ms" for p in PHASES)
+        + " | peak RSS/worker MiB |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         speedup = r["edges_per_s"] / base[r["tag"].rsplit("-w", 1)[0]] if r["tag"].rsplit("-w", 1)[0] in base else 0
         shared = "yes" if r["workers"] > cores else "no"
-        lines.append(f"| {r['tag']} | {r['workers']} | {shared} | {r['steps']} x {r['batch_per_worker']} | "
-                     f"{r['edges_per_s']:,.0f} | {speedup:.2f}x | "
-                     + " | ".join(f"{r['step_ms'].get(p, 0):.1f}" for p in PHASES)
-                     + f" | {r['peak_rss_mb_per_worker']} |")
+        lines.append(
+            f"| {r['tag']} | {r['workers']} | {shared} | {r['steps']} x {r['batch_per_worker']} | "
+            f"{r['edges_per_s']:,.0f} | {speedup:.2f}x | "
+            + " | ".join(f"{r['step_ms'].get(p, 0):.1f}" for p in PHASES)
+            + f" | {r['peak_rss_mb_per_worker']} |"
+        )
     return "\n".join(lines)
 
 
@@ -112,10 +130,21 @@ def main() -> None:
     for w in workers:
         graph = synthetic_graph(out, args.edges_per_worker * w) if args.weak else Path(args.graph)
         kind = f"weak-{args.edges_per_worker * w // 1_000_000}M" if args.weak else graph.name
-        job = load_config(TrainJobConfig, args.config or None, **{
-            "graph": str(graph.resolve()), "cluster.num_workers": w, "cluster.threads_per_worker": 1,
-            "optim.epochs": 1, "optim.max_steps_per_epoch": args.steps, "optim.time_budget_min": 0,
-            "eval.max_users": 2000, "run.profile": True, **overrides})
+        job = load_config(
+            TrainJobConfig,
+            args.config or None,
+            **{
+                "graph": str(graph.resolve()),
+                "cluster.num_workers": w,
+                "cluster.threads_per_worker": 1,
+                "optim.epochs": 1,
+                "optim.max_steps_per_epoch": args.steps,
+                "optim.time_budget_min": 0,
+                "eval.max_users": 2000,
+                "run.profile": True,
+                **overrides,
+            },
+        )
         job = replace_nested(job, **{"run.name": f"{kind}-w{w}"})
         rows.append(run_one(job, out, f"{kind if not args.weak else 'weak'}-w{w}"))
         print(json.dumps(rows[-1]), flush=True)

@@ -17,6 +17,7 @@ and the server's RSS after loading, after warm-up, at the end and at its peak (M
 be shared). Writes one JSON per run and prints a markdown table. Clients
 and server share the machine's cores: on a small machine the figures include the clients' cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +42,25 @@ HOST = "127.0.0.1"  # loopback only: this load test never talks to another machi
 MIB = 1 << 20
 
 
-def start_server(export: str, *, index: str, threads: int, log_file: Path,
-                 start_timeout_s: float) -> tuple[subprocess.Popen, int]:
+def start_server(
+    export: str, *, index: str, threads: int, log_file: Path, start_timeout_s: float
+) -> tuple[subprocess.Popen, int]:
     """``python -m distgnn.serve`` on a free port of 127.0.0.1; returns the process and its port."""
-    cmd = [sys.executable, "-m", "distgnn.serve", "--export", export, "--host", HOST, "--port", "0",
-           "--index", index, "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "distgnn.serve",
+        "--export",
+        export,
+        "--host",
+        HOST,
+        "--port",
+        "0",
+        "--index",
+        index,
+        "--threads",
+        str(threads),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file.open("w"), text=True)
     line: list[str] = []
     reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
@@ -54,8 +69,9 @@ def start_server(export: str, *, index: str, threads: int, log_file: Path,
     if not line or not line[0].startswith(f"listening on http://{HOST}:"):
         proc.kill()
         proc.wait()
-        raise SystemExit(f"server did not start within {start_timeout_s} s: {line[0] if line else ''!r}; "
-                         f"see {log_file}")
+        raise SystemExit(
+            f"server did not start within {start_timeout_s} s: {line[0] if line else ''!r}; see {log_file}"
+        )
     port = int(line[0].split()[2].rsplit(":", 1)[1])
     return proc, port
 
@@ -136,18 +152,26 @@ def rss_mib(proc: psutil.Process) -> float:
 def run_once(args: argparse.Namespace, user_ids: list[str], *, index: str, threads: int, out: Path) -> dict:
     load_before = os.getloadavg()[0]  # the machine may be shared: record how busy it was
     log_file = out / f"server-{index}-t{threads}.log"
-    proc, port = start_server(args.export, index=index, threads=threads, log_file=log_file,
-                              start_timeout_s=args.start_timeout_s)
+    proc, port = start_server(
+        args.export, index=index, threads=threads, log_file=log_file, start_timeout_s=args.start_timeout_s
+    )
     server = psutil.Process(proc.pid)
     try:
         rss = {"start": rss_mib(server)}
-        clients = [Client(port, user_ids, k=args.k, index=index, timeout_s=args.timeout_s, seed=args.seed + i)
-                   for i in range(args.clients)]
+        clients = [
+            Client(port, user_ids, k=args.k, index=index, timeout_s=args.timeout_s, seed=args.seed + i)
+            for i in range(args.clients)
+        ]
         warm = threading.Barrier(args.clients + 1)
         deadline = [float("inf")]  # set once warm-up is over
-        workers = [threading.Thread(target=c.run, kwargs={"warmup": args.warmup, "requests": args.requests,
-                                                          "warm": warm, "deadline": deadline}, daemon=True)
-                   for c in clients]
+        workers = [
+            threading.Thread(
+                target=c.run,
+                kwargs={"warmup": args.warmup, "requests": args.requests, "warm": warm, "deadline": deadline},
+                daemon=True,
+            )
+            for c in clients
+        ]
         for w in workers:
             w.start()
         warm.wait(timeout=args.max_seconds)
@@ -170,28 +194,42 @@ def run_once(args: argparse.Namespace, user_ids: list[str], *, index: str, threa
             errors[kind] = errors.get(kind, 0) + count
     p50, p90, p99 = np.percentile(latencies_ms, [50, 90, 99]) if latencies_ms.size else (float("nan"),) * 3
     return {
-        "index": index, "threads": threads, "clients": args.clients, "requests_per_client": args.requests,
-        "k": args.k, "ok": int(latencies_ms.size), "errors": sum(errors.values()), "error_kinds": errors,
-        "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+        "index": index,
+        "threads": threads,
+        "clients": args.clients,
+        "requests_per_client": args.requests,
+        "k": args.k,
+        "ok": int(latencies_ms.size),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
         "max_ms": float(latencies_ms.max()) if latencies_ms.size else float("nan"),
         "mean_ms": float(latencies_ms.mean()) if latencies_ms.size else float("nan"),
-        "throughput_rps": latencies_ms.size / wall_s, "wall_s": wall_s,
-        "server_rss_mib": {name: round(value, 1) for name, value in rss.items()}, "server_exit_code": exit_code,
+        "throughput_rps": latencies_ms.size / wall_s,
+        "wall_s": wall_s,
+        "server_rss_mib": {name: round(value, 1) for name, value in rss.items()},
+        "server_exit_code": exit_code,
         "load_average_1min": [load_before, os.getloadavg()[0]],
     }
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| index | OMP threads | clients x requests | p50 ms | p90 ms | p99 ms | max ms | req/s | errors "
-             "| server RSS MiB start / warm / end (peak) | load avg before / after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| index | OMP threads | clients x requests | p50 ms | p90 ms | p99 ms | max ms | req/s | errors "
+        "| server RSS MiB start / warm / end (peak) | load avg before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         rss = r["server_rss_mib"]
-        lines.append(f"| {r['index']} | {r['threads'] or 'default'} | {r['clients']} x {r['requests_per_client']:,} "
-                     f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} "
-                     f"| {r['throughput_rps']:.0f} | {r['errors']} "
-                     f"| {rss['start']:.0f} / {rss['after_warmup']:.0f} / {rss['end']:.0f} ({rss['peak']:.0f}) "
-                     f"| {r['load_average_1min'][0]:.1f} / {r['load_average_1min'][1]:.1f} |")
+        lines.append(
+            f"| {r['index']} | {r['threads'] or 'default'} | {r['clients']} x {r['requests_per_client']:,} "
+            f"| {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} "
+            f"| {r['throughput_rps']:.0f} | {r['errors']} "
+            f"| {rss['start']:.0f} / {rss['after_warmup']:.0f} / {rss['end']:.0f} ({rss['peak']:.0f}) "
+            f"| {r['load_average_1min'][0]:.1f} / {r['load_average_1min'][1]:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -202,8 +240,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=10_000, help="timed requests per client")
     parser.add_argument("--warmup", type=int, default=200, help="untimed requests per client first")
     parser.add_argument("--k", type=int, default=10, help="items per request")
-    parser.add_argument("--threads", default="1",
-                        help="comma-separated server --threads values (OpenMP threads per handler; 0 = default)")
+    parser.add_argument(
+        "--threads",
+        default="1",
+        help="comma-separated server --threads values (OpenMP threads per handler; 0 = default)",
+    )
     parser.add_argument("--index", default="flat", help="comma-separated indexes to load-test, one server each")
     parser.add_argument("--timeout-s", type=float, default=10.0, help="per-request timeout")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="stop a run's timed phase after this long")
@@ -216,8 +257,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     user_ids = distgnn.load_export(args.export).user_ids.to_pylist()
-    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1)}
+    machine = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "memory_gib": round(psutil.virtual_memory().total / (1 << 30), 1),
+    }
     rows = []
     for index in args.index.split(","):
         for threads in (int(t) for t in args.threads.split(",")):

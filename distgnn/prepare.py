@@ -10,16 +10,24 @@ from distgnn.data.prepare import prepare
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(PrepareConfig, prog="python -m distgnn.prepare",
-                         description="Turn interaction logs into a graph directory for python -m distgnn.train. "
-                                     "With no --input, writes the built-in synthetic dataset.")
+    parser = make_parser(
+        PrepareConfig,
+        prog="python -m distgnn.prepare",
+        description="Turn interaction logs into a graph directory for python -m distgnn.train. "
+        "With no --input, writes the built-in synthetic dataset.",
+    )
     args = parser.parse_args(argv)
     configure_logging()
 
     def body() -> None:
         cfg = config_from_args(PrepareConfig, args)
-        prepare(replace_nested(cfg, input=user_path(cfg.input, "config key 'input'"),
-                               output=user_path(cfg.output, "config key 'output'", output=True)))
+        prepare(
+            replace_nested(
+                cfg,
+                input=user_path(cfg.input, "config key 'input'"),
+                output=user_path(cfg.output, "config key 'output'", output=True),
+            )
+        )
 
     return run_command(body)
 

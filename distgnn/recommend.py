@@ -11,23 +11,30 @@ from distgnn.serving.recommend import load_export
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = CommandParser(prog="python -m distgnn.recommend",
-                                     description="Recommend the top-k unseen items for users of an export.")
-    parser.add_argument("--export", required=True, help="export folder written by python -m distgnn.export (or its URI, s3://...)")
+    parser = CommandParser(
+        prog="python -m distgnn.recommend", description="Recommend the top-k unseen items for users of an export."
+    )
+    parser.add_argument(
+        "--export", required=True, help="export folder written by python -m distgnn.export (or its URI, s3://...)"
+    )
     parser.add_argument("--user-ids", required=True, help="comma-separated raw user ids, as in the input data")
     parser.add_argument("--k", type=int, default=10, help="items per user (default: 10)")
     parser.add_argument("--index", default="flat", help="which of the export's indexes to search (default: flat)")
-    parser.add_argument("--format", default="table", choices=("table", "csv", "json"),
-                        help="output format on stdout (default: table)")
-    parser.add_argument("--verify", action="store_true",
-                        help="check every file's sha256 against the manifest before answering (reads the whole "
-                             "export once: ~60 ms for the synthetic default, ~0.3 s for Gowalla). Without it, "
-                             "the manifest's structure, the file names and sizes are still checked")
+    parser.add_argument(
+        "--format", default="table", choices=("table", "csv", "json"), help="output format on stdout (default: table)"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every file's sha256 against the manifest before answering (reads the whole "
+        "export once: ~60 ms for the synthetic default, ~0.3 s for Gowalla). Without it, "
+        "the manifest's structure, the file names and sizes are still checked",
+    )
     args = parser.parse_args(argv)
+
     def body() -> int:
         export = load_export(args.export, verify=args.verify)
-        result = export.recommend([u.strip() for u in args.user_ids.split(",") if u.strip()], args.k,
-                                  index=args.index)
+        result = export.recommend([u.strip() for u in args.user_ids.split(",") if u.strip()], args.k, index=args.index)
         print_table(result, args.format)
         return 0
 

@@ -28,13 +28,17 @@ log = logging.getLogger("distgnn.train")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser(TrainJobConfig, prog="python -m distgnn.train",
-                         description="Train a GNN recommender with Ray Train workers on neighbor-sampled "
-                                     "mini-batches. With no arguments: the built-in synthetic dataset, "
-                                     "LightGCN, 2 workers. Relative paths resolve against $DISTGNN_BASE_DIR "
-                                     "when set (launch/submit.sh sets it), else the current folder.")
-    parser.add_argument("--single-process", action="store_true",
-                        help="run the training loop in this process, without Ray (debugging)")
+    parser = make_parser(
+        TrainJobConfig,
+        prog="python -m distgnn.train",
+        description="Train a GNN recommender with Ray Train workers on neighbor-sampled "
+        "mini-batches. With no arguments: the built-in synthetic dataset, "
+        "LightGCN, 2 workers. Relative paths resolve against $DISTGNN_BASE_DIR "
+        "when set (launch/submit.sh sets it), else the current folder.",
+    )
+    parser.add_argument(
+        "--single-process", action="store_true", help="run the training loop in this process, without Ray (debugging)"
+    )
     args = parser.parse_args(argv)
     single = args.__dict__.pop("single_process")
     configure_logging(verbose=args.__dict__.get("run.verbose") in ("true", "1", "yes"))
@@ -46,11 +50,14 @@ def train_command(args, single: bool) -> int:
     check_job(job)
     if single and job.cluster.partitioned:
         raise ConfigError("--single-process trains on the whole graph; drop --cluster.partitioned")
-    job = replace_nested(job, **{"graph": user_path(job.graph, "config key 'graph'"),
-                                 "run.output_dir": user_path(job.run.output_dir, "config key 'run.output_dir'",
-                                                             output=not job.run.storage),
-                                 "run.storage": user_path(job.run.storage, "config key 'run.storage'",
-                                                          output=True)})
+    job = replace_nested(
+        job,
+        **{
+            "graph": user_path(job.graph, "config key 'graph'"),
+            "run.output_dir": user_path(job.run.output_dir, "config key 'run.output_dir'", output=not job.run.storage),
+            "run.storage": user_path(job.run.storage, "config key 'run.storage'", output=True),
+        },
+    )
     job = resolve_graph(job)
     run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
     workers = "1 process" if single else f"{job.cluster.num_workers} Ray worker(s)"
@@ -64,8 +71,7 @@ def train_command(args, single: bool) -> int:
     if job.run.storage:
         log.info("copied the run directory to %s", upload(run_dir, storage_path(job, run_dir)))
     ks = [f"{m}@{k}" for k in job.eval.ks for m in ("recall", "ndcg")]
-    print(f"\nTest metrics (best epoch {results['best_epoch']}, {results['epochs_run']} epochs, "
-          f"{wall_s:.0f} s wall):")
+    print(f"\nTest metrics (best epoch {results['best_epoch']}, {results['epochs_run']} epochs, {wall_s:.0f} s wall):")
     print(results_table({job.model.name: results["test"], "popularity": results["popularity_test"]}, ks))
     print(f"peak RSS per worker {results['peak_rss_mb_per_worker']:.0f} MiB, driver {peak_rss_mb():.0f} MiB")
     print(f"\nrun directory: {run_dir}  (curves: {plot.name if plot else '-'}, metrics.jsonl, results.json)")

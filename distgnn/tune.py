@@ -46,46 +46,85 @@ def make_tune_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m distgnn.tune",
         description="Search training hyperparameters with Ray Tune: each trial trains in one process "
-                    "(trials run in parallel, one per --cpus-per-trial CPUs), ASHA stops weak trials "
-                    "early on the validation metric (eval.metric), and the best configuration is "
-                    "written as a complete YAML config for python -m distgnn.train (the distributed "
-                    "run).")
+        "(trials run in parallel, one per --cpus-per-trial CPUs), ASHA stops weak trials "
+        "early on the validation metric (eval.metric), and the best configuration is "
+        "written as a complete YAML config for python -m distgnn.train (the distributed "
+        "run).",
+    )
     group = parser.add_argument_group("search")
-    group.add_argument("--samples", type=int, metavar="N", default=8,
-                       help="number of configurations drawn from the search space (trials) (default: 8)")
-    group.add_argument("--search", metavar="YAML", default="configs/search/lightgcn.yaml",
-                       help="search space: dotted config keys mapped to {choice: [...]}, "
-                            "{uniform: [low, high]}, {loguniform: [low, high]} or {randint: [low, high)}; "
-                            "searching model.num_layers alone derives sampler.num_neighbors from --config's "
-                            "fanouts (first ones kept, last one repeated) (default: %(default)s)")
-    group.add_argument("--max-epochs", type=int, metavar="E", default=None,
-                       help="epochs of a trial that ASHA never stops (ASHA's max_t); default: "
-                            "optim.epochs of the config. best.yaml keeps the config's optim.epochs")
-    group.add_argument("--grace-period", type=int, metavar="E", default=2,
-                       help="epochs every trial runs before ASHA may stop it; ASHA compares trials on "
-                            "val/<eval.metric> at 1, 4, 16, ... times this many epochs (default: 2)")
-    group.add_argument("--output-dir", metavar="DIR", default="runs/tune",
-                       help="folder holding tuning folders (default: runs/tune)")
-    group.add_argument("--name", default="",
-                       help="tuning folder name under --output-dir (must not exist yet); "
-                            "default: tune-<date>-<time>")
-    group.add_argument("--cpus-per-trial", type=float, metavar="CPUS", default=1.0,
-                       help="CPUs Ray reserves per trial (trials run at once = cluster CPUs / this); a "
-                            "trial uses max(1, int(this)) torch threads (default: 1)")
-    group.add_argument("--seed", type=int, metavar="SEED", default=0,
-                       help="seed of the random search (which configurations are drawn); the trials' "
-                            "own seed is run.seed (default: 0)")
+    group.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        default=8,
+        help="number of configurations drawn from the search space (trials) (default: 8)",
+    )
+    group.add_argument(
+        "--search",
+        metavar="YAML",
+        default="configs/search/lightgcn.yaml",
+        help="search space: dotted config keys mapped to {choice: [...]}, "
+        "{uniform: [low, high]}, {loguniform: [low, high]} or {randint: [low, high)}; "
+        "searching model.num_layers alone derives sampler.num_neighbors from --config's "
+        "fanouts (first ones kept, last one repeated) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-epochs",
+        type=int,
+        metavar="E",
+        default=None,
+        help="epochs of a trial that ASHA never stops (ASHA's max_t); default: "
+        "optim.epochs of the config. best.yaml keeps the config's optim.epochs",
+    )
+    group.add_argument(
+        "--grace-period",
+        type=int,
+        metavar="E",
+        default=2,
+        help="epochs every trial runs before ASHA may stop it; ASHA compares trials on "
+        "val/<eval.metric> at 1, 4, 16, ... times this many epochs (default: 2)",
+    )
+    group.add_argument(
+        "--output-dir", metavar="DIR", default="runs/tune", help="folder holding tuning folders (default: runs/tune)"
+    )
+    group.add_argument(
+        "--name",
+        default="",
+        help="tuning folder name under --output-dir (must not exist yet); default: tune-<date>-<time>",
+    )
+    group.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        metavar="CPUS",
+        default=1.0,
+        help="CPUs Ray reserves per trial (trials run at once = cluster CPUs / this); a "
+        "trial uses max(1, int(this)) torch threads (default: 1)",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        metavar="SEED",
+        default=0,
+        help="seed of the random search (which configurations are drawn); the trials' "
+        "own seed is run.seed (default: 0)",
+    )
     base = parser.add_argument_group("base config (what every trial starts from)")
-    base.add_argument("--config", metavar="YAML", default=None,
-                      help="YAML file of config sections (see configs/); the flags below override it")
+    base.add_argument(
+        "--config",
+        metavar="YAML",
+        default=None,
+        help="YAML file of config sections (see configs/); the flags below override it",
+    )
     add_config_arguments(base, TrainJobConfig)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_tune_parser().parse_args(argv)
-    tune_args = {k: args.__dict__.pop(k) for k in ("samples", "search", "max_epochs", "grace_period",
-                                                   "output_dir", "name", "cpus_per_trial", "seed")}
+    tune_args = {
+        k: args.__dict__.pop(k)
+        for k in ("samples", "search", "max_epochs", "grace_period", "output_dir", "name", "cpus_per_trial", "seed")
+    }
     configure_logging()
     try:
         base = config_from_args(TrainJobConfig, args)
@@ -98,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         space = load_search_space(tune_args["search"], base)
         # a searched layer count takes its fanouts from the base's (derive_fanouts): check it that way
         if "model.num_layers" in {d.key for d in space}:
-            check_job(replace_nested(base, **{"sampler.num_neighbors": derive_fanouts(
-                base.sampler.num_neighbors, base.model.num_layers)}))
+            check_job(
+                replace_nested(
+                    base, **{"sampler.num_neighbors": derive_fanouts(base.sampler.num_neighbors, base.model.num_layers)}
+                )
+            )
         else:
             check_job(base)
         resolved = resolve_graph(base)
@@ -112,9 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         (tune_dir / SEARCH_FILE).write_text(Path(tune_args["search"]).read_text())
         log.info("tuning folder: %s (%d trials of up to %d epochs)", tune_dir, tune_args["samples"], max_epochs)
         t0 = time.perf_counter()
-        rows = run_search(resolved, space, tune_dir.resolve(), num_samples=tune_args["samples"],
-                          max_epochs=max_epochs, grace_period=tune_args["grace_period"],
-                          cpus_per_trial=tune_args["cpus_per_trial"], seed=tune_args["seed"])
+        rows = run_search(
+            resolved,
+            space,
+            tune_dir.resolve(),
+            num_samples=tune_args["samples"],
+            max_epochs=max_epochs,
+            grace_period=tune_args["grace_period"],
+            cpus_per_trial=tune_args["cpus_per_trial"],
+            seed=tune_args["seed"],
+        )
         wall_s = time.perf_counter() - t0
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Shared fixtures: small prepared graphs written to temporary folders."""
+
 from __future__ import annotations
 
 import warnings
@@ -13,8 +14,9 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-TINY_SYNTHETIC = SyntheticConfig(num_users=800, num_items=600, mean_interactions=25, num_factors=8,
-                                 taste_strength=4.0, seed=3)
+TINY_SYNTHETIC = SyntheticConfig(
+    num_users=800, num_items=600, mean_interactions=25, num_factors=8, taste_strength=4.0, seed=3
+)
 
 
 @pytest.fixture(scope="session")

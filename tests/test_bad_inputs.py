@@ -2,6 +2,7 @@
 one line naming the file, the row or the column, and what was expected (exit status 2), leaving no
 output folder behind. The corpus is ``tests/bad_inputs/`` (tiny hand-made files); Parquet cases are
 written into ``tmp_path`` by the builders below."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,7 @@ def bool_user_parquet(folder: Path) -> Path:
 
 def uint64_timestamp_parquet(folder: Path) -> Path:
     path = folder / "uint64_ts.parquet"
-    pq.write_table(pa.table({"user": ["a", "b"], "item": ["x", "y"],
-                             "ts": pa.array([1, 2**63], pa.uint64())}), path)
+    pq.write_table(pa.table({"user": ["a", "b"], "item": ["x", "y"], "ts": pa.array([1, 2**63], pa.uint64())}), path)
     return path
 
 
@@ -129,8 +129,12 @@ FAILURES = [
     ("missing_column", "missing_column.csv", [], ["missing item column 'item'", "'user', 'product'"]),
     ("duplicate_column", "duplicate_column.csv", [], ["user column 'user'", "appears 2 times"]),
     ("latin1_header", "latin1_header.csv", [], ["header is not UTF-8"]),
-    ("non_numeric_rating", "non_numeric_rating.csv", ["--rating_col", "rating"],
-     ["row 2", "rating column 'rating'", "expected a number", "'good'"]),
+    (
+        "non_numeric_rating",
+        "non_numeric_rating.csv",
+        ["--rating_col", "rating"],
+        ["row 2", "rating column 'rating'", "expected a number", "'good'"],
+    ),
     ("nan_rating", "nan_rating.csv", ["--rating_col", "rating"], ["row 2", "rating column 'rating'", "finite"]),
     ("inf_rating", "inf_rating.csv", ["--rating_col", "rating"], ["row 3", "rating column 'rating'", "inf"]),
     ("empty_user_id", "empty_user_id.csv", [], ["row 2", "user column 'user'", "expected an id", "blank"]),
@@ -139,17 +143,33 @@ FAILURES = [
     ("nan_item_id", nan_item_parquet, [], ["row 3", "item column 'item'", "nan"]),
     ("unclosed_quote", "unclosed_quote.csv", [], ["row 2", "item column 'item'", "on one line", "quote left open"]),
     ("huge_timestamp", "huge_timestamp.csv", ["--time_col", "ts"], ["row 2", "timestamp column 'ts'", "int64"]),
-    ("fractional_timestamp", "fractional_timestamp.csv", ["--time_col", "ts"],
-     ["row 2", "timestamp column 'ts'", "whole-number", "1.5"]),
+    (
+        "fractional_timestamp",
+        "fractional_timestamp.csv",
+        ["--time_col", "ts"],
+        ["row 2", "timestamp column 'ts'", "whole-number", "1.5"],
+    ),
     ("uint64_timestamp", uint64_timestamp_parquet, ["--time_col", "ts"], ["row 2", "timestamp column 'ts'", "int64"]),
     ("empty_file", "empty.csv", [], ["file is empty"]),
     ("header_only", "header_only.csv", [], ["no rows"]),
-    ("all_events_filtered", "events.csv", ["--event_col", "event", "--keep_events", "purchase"],
-     ["no rows left", "keep_events", "event column 'event'", "'buy'"]),
-    ("all_ratings_filtered", "low_ratings.csv", ["--rating_col", "rating", "--min_rating", "6"],
-     ["no interactions left", "min_rating 6", "from 1 to 3"]),
-    ("duplicates_error", "duplicates.csv", ["--duplicates", "error"],
-     ["row 3", "repeated (user, item) pair", "row 1", "--duplicates first or last"]),
+    (
+        "all_events_filtered",
+        "events.csv",
+        ["--event_col", "event", "--keep_events", "purchase"],
+        ["no rows left", "keep_events", "event column 'event'", "'buy'"],
+    ),
+    (
+        "all_ratings_filtered",
+        "low_ratings.csv",
+        ["--rating_col", "rating", "--min_rating", "6"],
+        ["no interactions left", "min_rating 6", "from 1 to 3"],
+    ),
+    (
+        "duplicates_error",
+        "duplicates.csv",
+        ["--duplicates", "error"],
+        ["row 3", "repeated (user, item) pair", "row 1", "--duplicates first or last"],
+    ),
     ("mixed_encoding", "mixed_encoding.csv", [], ["row 2", "item column 'item'", "UTF-8", "caf\\xe9"]),
     ("binary_garbage", "binary_garbage.csv", [], ["binary data", "expected UTF-8 CSV text"]),
     ("list_item_column", list_item_parquet, [], ["item column 'item'", "list", "expected text or integer ids"]),
@@ -188,14 +208,17 @@ def test_unreadable_csv(tmp_path, capsys):
     assert not (tmp_path / "g").exists()
 
 
-@pytest.mark.parametrize("flags,mentions", [
-    (["--delimiter", ";;"], ["'delimiter'", "one character"]),
-    (["--min_rating", "nan"], ["'min_rating'", "finite"]),
-    (["--min_rating", "inf"], ["'min_rating'", "finite"]),
-], ids=["delimiter", "min_rating_nan", "min_rating_inf"])
+@pytest.mark.parametrize(
+    "flags,mentions",
+    [
+        (["--delimiter", ";;"], ["'delimiter'", "one character"]),
+        (["--min_rating", "nan"], ["'min_rating'", "finite"]),
+        (["--min_rating", "inf"], ["'min_rating'", "finite"]),
+    ],
+    ids=["delimiter", "min_rating_nan", "min_rating_inf"],
+)
 def test_bad_option_values(tmp_path, capsys, flags, mentions):
-    code, lines = run(["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "g"), *flags],
-                      capsys)
+    code, lines = run(["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "g"), *flags], capsys)
     assert_one_line_error(code, lines, *mentions)
     assert not (tmp_path / "g").exists()
 
@@ -217,8 +240,11 @@ def test_output_is_the_current_folder_or_above(tmp_path, capsys, monkeypatch, ou
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 
 
-@pytest.mark.parametrize("output,says", [("data", "contains the input"), ("data/log.csv", "is the input")],
-                         ids=["folder_holding_input", "input_itself"])
+@pytest.mark.parametrize(
+    "output,says",
+    [("data", "contains the input"), ("data/log.csv", "is the input")],
+    ids=["folder_holding_input", "input_itself"],
+)
 def test_output_contains_the_input(tmp_path, capsys, output, says):
     data = tmp_path / "data"
     data.mkdir()
@@ -281,8 +307,17 @@ def test_tsv_is_read_with_tabs(tmp_path, capsys):
 
 
 def test_negative_timestamps_order_events(tmp_path, capsys):
-    out = prepare_main(tmp_path, capsys, CORPUS / "negative_timestamp.csv", "--time_col", "ts",
-                       "--split", "leave_one_out", "--val_fraction", "0")
+    out = prepare_main(
+        tmp_path,
+        capsys,
+        CORPUS / "negative_timestamp.csv",
+        "--time_col",
+        "ts",
+        "--split",
+        "leave_one_out",
+        "--val_fraction",
+        "0",
+    )
     test = pq.read_table(out / "test.parquet")["timestamp"].to_pylist()
     train = pq.read_table(out / "train.parquet")["timestamp"].to_pylist()
     assert sorted(test) == [-1, 12]  # the latest of each user, negative or not
@@ -303,8 +338,21 @@ def test_user_left_with_nothing_after_min_rating_is_absent(tmp_path, capsys):
 
 @pytest.mark.parametrize("policy,rating", [("first", 2.0), ("last", 4.0)])
 def test_duplicate_policies_keep_first_or_last(tmp_path, capsys, policy, rating):
-    out = prepare_main(tmp_path, capsys, CORPUS / "duplicates_rated.csv", "--time_col", "ts", "--rating_col",
-                       "rating", "--duplicates", policy, "--val_fraction", "0", "--test_fraction", "0")
+    out = prepare_main(
+        tmp_path,
+        capsys,
+        CORPUS / "duplicates_rated.csv",
+        "--time_col",
+        "ts",
+        "--rating_col",
+        "rating",
+        "--duplicates",
+        policy,
+        "--val_fraction",
+        "0",
+        "--test_fraction",
+        "0",
+    )
     train = pq.read_table(out / "train.parquet").to_pydict()
     users = read_ids(out, "users")
     kept = {users[u]: r for u, r in zip(train["user"], train["rating"])}
@@ -317,15 +365,20 @@ def test_one_interaction_per_user_warns_that_val_and_test_are_empty(tmp_path, ca
     meta = json.loads((out / "meta.json").read_text())
     assert meta["num_interactions"] == {"train": 4, "val": 0, "test": 0}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any(w.startswith("val is empty") and "at least 5 interactions" in w and "most any user has is 1" in w
-               for w in warnings), warnings
+    assert any(
+        w.startswith("val is empty") and "at least 5 interactions" in w and "most any user has is 1" in w
+        for w in warnings
+    ), warnings
     assert any(w.startswith("test is empty") for w in warnings), warnings
 
 
 def test_no_warning_when_a_split_is_not_asked_for(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="distgnn.prepare")
-    prepare(PrepareConfig(input=str(CORPUS / "one_per_user.csv"), output=str(tmp_path / "g"), val_fraction=0.0,
-                          test_fraction=0.0))
+    prepare(
+        PrepareConfig(
+            input=str(CORPUS / "one_per_user.csv"), output=str(tmp_path / "g"), val_fraction=0.0, test_fraction=0.0
+        )
+    )
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
@@ -339,17 +392,27 @@ def test_check_output_path_resolves_before_comparing(tmp_path, monkeypatch):
     check_output_path(Path("sub/graph"), [tmp_path / "sub" / "log.csv"])  # a new folder next to the input
 
 
-@pytest.mark.parametrize("method,per_user,given_test,expected", [
-    ("random", 1, True, ["val is empty", "test is empty"]),
-    ("temporal", 4, True, ["val is empty"]),  # round(4 * 0.1) = 0, round(4 * 0.3) = 1
-    ("leave_one_out", 2, True, ["val is empty"]),  # a second held-out interaction needs 3
-    ("given", 6, False, ["test is empty"]),
-])
+@pytest.mark.parametrize(
+    "method,per_user,given_test,expected",
+    [
+        ("random", 1, True, ["val is empty", "test is empty"]),
+        ("temporal", 4, True, ["val is empty"]),  # round(4 * 0.1) = 0, round(4 * 0.3) = 1
+        ("leave_one_out", 2, True, ["val is empty"]),  # a second held-out interaction needs 3
+        ("given", 6, False, ["test is empty"]),
+    ],
+)
 def test_empty_split_reasons(method, per_user, given_test, expected):
     user = np.repeat(np.arange(5), per_user)
     given = np.where(np.arange(user.size) % per_user == 0, TEST if given_test else TRAIN, TRAIN)
-    labels = split_interactions(user, np.arange(user.size), method=method, val_fraction=0.1, test_fraction=0.3,
-                                seed=0, given=given if method == "given" else None)
+    labels = split_interactions(
+        user,
+        np.arange(user.size),
+        method=method,
+        val_fraction=0.1,
+        test_fraction=0.3,
+        seed=0,
+        given=given if method == "given" else None,
+    )
     reasons = empty_split_reasons(user, labels, method=method, val_fraction=0.1, test_fraction=0.3)
     assert [r.split(":")[0] for r in reasons] == expected
     if method == "leave_one_out":

@@ -1,5 +1,6 @@
 """Item-kNN baseline: similarity and scores against a dense brute-force computation; on planted
 data it must beat popularity under the training protocol."""
+
 import pytest
 import torch
 
@@ -26,15 +27,20 @@ def test_item_transpose_lists_each_items_users():
     x, sets = _random_sets()
     by_item = item_transpose(sets, x.shape[1])
     for item in range(x.shape[1]):
-        users = by_item.indices[by_item.indptr[item]:by_item.indptr[item + 1]]
+        users = by_item.indices[by_item.indptr[item] : by_item.indptr[item + 1]]
         assert users.tolist() == x[:, item].nonzero().flatten().tolist()
 
 
 @pytest.mark.parametrize("inverse_user_degree", [False, True])
 def test_item_knn_with_every_neighbor_is_the_dense_cosine(inverse_user_degree):
     x, sets = _random_sets()
-    weights = item_knn_weights(sets, x.shape[1], neighbors=x.shape[1], block=7,  # blocks not dividing I
-                               inverse_user_degree=inverse_user_degree)
+    weights = item_knn_weights(
+        sets,
+        x.shape[1],
+        neighbors=x.shape[1],
+        block=7,  # blocks not dividing I
+        inverse_user_degree=inverse_user_degree,
+    )
     sim = _dense_cosine(x, inverse_user_degree)
     torch.testing.assert_close(weights.to_dense(), sim.T)
     users = torch.tensor([3, 0, 17, 59])

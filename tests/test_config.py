@@ -22,13 +22,16 @@ def test_yaml_then_flags_override(tmp_path):
     assert cfg.model.name == "lightgcn"  # untouched default
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("optim.epoch", 3, "unknown config key 'optim.epoch'"),
-    ("optim.epochs", "many", "config key 'optim.epochs': expected an integer"),
-    ("model.name", "gat", "config key 'model.name': expected one of"),
-    ("eval.ks", "10,x", "config key 'eval.ks': expected an integer"),
-    ("cluster.num_workers", True, "expected an integer"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("optim.epoch", 3, "unknown config key 'optim.epoch'"),
+        ("optim.epochs", "many", "config key 'optim.epochs': expected an integer"),
+        ("model.name", "gat", "config key 'model.name': expected one of"),
+        ("eval.ks", "10,x", "config key 'eval.ks': expected an integer"),
+        ("cluster.num_workers", True, "expected an integer"),
+    ],
+)
 def test_bad_keys_and_types_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
         load_config(TrainJobConfig, **{key: value})

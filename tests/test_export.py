@@ -60,10 +60,10 @@ def test_item_bias_is_exported_as_an_extra_column_that_ranks_as_the_model(tiny_g
         assert abs(manifest["test_metrics"][key] - value) <= 1e-4, key
     # the exported inner product is temperature * (the training logit cos / t + b)
     _, model, graph, _ = load_run(run_dir)
-    bias = model.bias_embedding.weight.detach()[graph.num_users:, 0]
+    bias = model.bias_embedding.weight.detach()[graph.num_users :, 0]
     assert bias.abs().max() > 0  # it was trained
     emb = torch.nn.functional.normalize(full_graph_embeddings(model, graph.indptr, graph.indices), dim=-1)
-    logits = emb[:5] @ emb[graph.num_users:].T / 0.2 + bias
+    logits = emb[:5] @ emb[graph.num_users :].T / 0.2 + bias
     _, users = read_embeddings(out / "users.parquet")
     _, items = read_embeddings(out / "items.parquet")
     assert np.allclose(users[:5] @ items.T, 0.2 * logits.numpy(), atol=1e-5)
@@ -84,7 +84,7 @@ def test_recommend_matches_brute_force_and_excludes_seen(exported, tiny_graph):
     rows = rec.user_index(users)
     scores = rec.user_emb[rows] @ rec.item_emb.T
     for b, r in enumerate(rows):
-        seen = rec.seen_indices[rec.seen_indptr[r]:rec.seen_indptr[r + 1]].numpy()
+        seen = rec.seen_indices[rec.seen_indptr[r] : rec.seen_indptr[r + 1]].numpy()
         scores[b, seen] = -np.inf
         expected = rec.item_ids[np.argsort(-scores[b])[:10]]
         got = table[table.user_id == users[b]].sort_values("rank").item_id.to_numpy()
@@ -211,7 +211,7 @@ def test_float16_export_roundtrip(trained_run, exported, tmp_path):
         ref_ids, ref = read_embeddings(exported / name)
         assert vectors.dtype == np.float32 and list(ids) == list(ref_ids)
         # float16 keeps 11 significant bits: relative error at most 2^-11 (plus subnormal spacing)
-        assert np.all(np.abs(vectors - ref) <= 2.0 ** -11 * np.abs(ref) + 6e-8), name
+        assert np.all(np.abs(vectors - ref) <= 2.0**-11 * np.abs(ref) + 6e-8), name
         assert not np.array_equal(vectors, ref)
     users = [str(u) for u in distgnn.load_export(half).user_ids.to_pylist()[:20]]
     got = distgnn.load_export(half).recommend(users, k=10).to_pandas()
@@ -283,9 +283,22 @@ def test_export_killed_while_writing_keeps_the_previous_one(trained_run, exporte
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     marker, log = tmp_path / "writing", tmp_path / "child.log"
     with open(log, "wb") as log_fh:
-        child = subprocess.Popen([sys.executable, "-c", EXPORT_BLOCKED_WHILE_WRITING, str(marker), "--run",
-                                  str(run_dir), "--output", str(out), "--indexes", "flat,ivf"],
-                                 stdout=log_fh, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                EXPORT_BLOCKED_WHILE_WRITING,
+                str(marker),
+                "--run",
+                str(run_dir),
+                "--output",
+                str(out),
+                "--indexes",
+                "flat,ivf",
+            ],
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 120
             while not marker.exists():

@@ -59,8 +59,7 @@ def kill_a_worker_mid_epoch(run_dir: Path, done: threading.Event, killed: list) 
 
 
 @pytest.mark.slow
-def test_a_worker_sigkilled_mid_epoch_is_replaced_and_no_epoch_is_lost_or_repeated(tiny_graph, tmp_path,
-                                                                                   ray_session):
+def test_a_worker_sigkilled_mid_epoch_is_replaced_and_no_epoch_is_lost_or_repeated(tiny_graph, tmp_path, ray_session):
     job = tiny_job(tiny_graph, **{"optim.epochs": EPOCHS, "cluster.num_workers": 2, "cluster.max_failures": 2})
     clean = launch(job, create_run_dir(job, str(tmp_path), "clean"))
 
@@ -86,10 +85,31 @@ def test_a_worker_sigkilled_mid_epoch_is_replaced_and_no_epoch_is_lost_or_repeat
 @pytest.mark.slow
 def test_a_driver_sigkilled_mid_run_resumes_from_its_last_checkpoint(tiny_graph, tmp_path):
     runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "distgnn.train", "--graph", str(tiny_graph), "--run.output_dir", str(runs),
-               "--run.name", "resumable", "--optim.epochs", str(EPOCHS), "--model.dim", "32",
-               "--model.num_layers", "2", "--sampler.num_neighbors", "10,10", "--optim.batch_size", "512",
-               "--eval.patience", "0", "--cluster.num_workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "distgnn.train",
+        "--graph",
+        str(tiny_graph),
+        "--run.output_dir",
+        str(runs),
+        "--run.name",
+        "resumable",
+        "--optim.epochs",
+        str(EPOCHS),
+        "--model.dim",
+        "32",
+        "--model.num_layers",
+        "2",
+        "--sampler.num_neighbors",
+        "10,10",
+        "--optim.batch_size",
+        "512",
+        "--eval.patience",
+        "0",
+        "--cluster.num_workers",
+        "2",
+    ]
     # Ray's socket paths must stay under 108 bytes: a short folder of its own
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-", dir="/tmp")}
     with open(tmp_path / "first.log", "wb") as log:

@@ -54,10 +54,15 @@ def _compare(rank, name, size):
                 average_gradients(model)
             for opt in opts:
                 opt.step()
-        grads.append({n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
-                      for n, p in ours.named_parameters()})
-        grads.append({n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
-                      for n, p in ddp_model.module.named_parameters()})
+        grads.append(
+            {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone() for n, p in ours.named_parameters()}
+        )
+        grads.append(
+            {
+                n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
+                for n, p in ddp_model.module.named_parameters()
+            }
+        )
     params = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in (ours, ddp_model.module)]
     return grads, params
 

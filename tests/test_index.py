@@ -1,4 +1,5 @@
 """FAISS indexes against exact search (faiss.IndexFlatIP and numpy brute force) on clustered data."""
+
 import logging
 
 import faiss
@@ -43,8 +44,7 @@ def data():
 def built(data):
     """Each index type built once for the module (IVF-PQ training dominates: ~2 s)."""
     xb = data[0]
-    return {index_type: build_index(xb, index_type, use_gpu=False)
-            for index_type in ("flat", "ivf", "ivfpq", "hnsw")}
+    return {index_type: build_index(xb, index_type, use_gpu=False) for index_type in ("flat", "ivf", "ivfpq", "hnsw")}
 
 
 def recall_at_k(I, I_exact):
@@ -166,8 +166,7 @@ def test_search_excluding_never_returns_excluded_ids(data, built):
     rng = np.random.default_rng(3)
     indptr, indices, rows = random_exclusions(rng, I_exact, len(xb), 50)
     for index_type in ("ivf", "hnsw", "ivfpq"):
-        D, I = search_excluding(built[index_type], xq, K, indptr, indices, np.arange(len(xq)),
-                                metric="ip")
+        D, I = search_excluding(built[index_type], xq, K, indptr, indices, np.arange(len(xq)), metric="ip")
         assert I.shape == (len(xq), K) and np.all(I >= 0)
         for q in range(len(xq)):
             assert not set(I[q].tolist()) & set(rows[q]), index_type
@@ -222,11 +221,16 @@ def test_sharded_flat_equals_unsharded(data, built, tmp_path):
     rows = np.arange(len(xq))
     np.testing.assert_array_equal(
         search_excluding(sharded, xq, K, indptr, indices, rows, metric="ip")[1],
-        search_excluding(built["flat"], xq, K, indptr, indices, rows, metric="ip")[1])
+        search_excluding(built["flat"], xq, K, indptr, indices, rows, metric="ip")[1],
+    )
 
     save_sharded_index(sharded, tmp_path / "shards")
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
-        "manifest.json", "shard_000.faiss", "shard_001.faiss", "shard_002.faiss"]
+        "manifest.json",
+        "shard_000.faiss",
+        "shard_001.faiss",
+        "shard_002.faiss",
+    ]
     loaded = load_sharded_index(tmp_path / "shards")
     np.testing.assert_array_equal(search(loaded, xq, K, metric="ip")[1], I)
 

@@ -1,5 +1,6 @@
 """launch/: the cluster-launcher YAML against Ray's own schema, the KubeRay RayJob against the fields KubeRay
 requires (and its CRD schema when one is given), and the shell scripts without starting Ray."""
+
 from __future__ import annotations
 
 import copy
@@ -45,6 +46,7 @@ def test_cluster_yaml_matches_ray_schema():
 def _drop(key):
     def edit(config):
         del config[key]
+
     return edit
 
 
@@ -54,6 +56,7 @@ def _set(path, value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return edit
 
 
@@ -70,17 +73,29 @@ def _min_workers_above_max_workers(config):
     config["available_node_types"]["gpu_a10g"]["min_workers"] = 2
 
 
-@pytest.mark.parametrize("edit, error", [
-    (_drop("provider"), jsonschema.ValidationError),
-    (_drop("cluster_name"), jsonschema.ValidationError),
-    (_drop_provider_type, jsonschema.ValidationError),
-    (_set(["unknown_top_level_key"], 1), jsonschema.ValidationError),
-    (_set(["max_workers"], "five"), jsonschema.ValidationError),
-    (_drop_node_resources, jsonschema.ValidationError),
-    (_set(["head_node_type"], "no_such_type"), ValueError),
-    (_min_workers_above_max_workers, ValueError),
-], ids=["no-provider", "no-cluster_name", "no-provider-type", "unknown-key", "max_workers-type",
-        "node-without-resources", "head_node_type-unknown", "min_workers-above-max_workers"])
+@pytest.mark.parametrize(
+    "edit, error",
+    [
+        (_drop("provider"), jsonschema.ValidationError),
+        (_drop("cluster_name"), jsonschema.ValidationError),
+        (_drop_provider_type, jsonschema.ValidationError),
+        (_set(["unknown_top_level_key"], 1), jsonschema.ValidationError),
+        (_set(["max_workers"], "five"), jsonschema.ValidationError),
+        (_drop_node_resources, jsonschema.ValidationError),
+        (_set(["head_node_type"], "no_such_type"), ValueError),
+        (_min_workers_above_max_workers, ValueError),
+    ],
+    ids=[
+        "no-provider",
+        "no-cluster_name",
+        "no-provider-type",
+        "unknown-key",
+        "max_workers-type",
+        "node-without-resources",
+        "head_node_type-unknown",
+        "min_workers-above-max_workers",
+    ],
+)
 def test_broken_cluster_yaml_is_rejected(edit, error):
     config = load_yaml("cluster.yaml")
     edit(config)
@@ -157,8 +172,10 @@ def rayjob_problems(doc: dict) -> list[str]:
         for key in ("groupName", "replicas", "minReplicas", "maxReplicas", "template", "rayStartParams"):
             if key not in group:
                 problems.append(f"workerGroupSpecs[{i}] has no {key}")
-        if all(isinstance(group.get(k), int) for k in ("replicas", "minReplicas", "maxReplicas")) and \
-                not group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]:
+        if (
+            all(isinstance(group.get(k), int) for k in ("replicas", "minReplicas", "maxReplicas"))
+            and not group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        ):
             problems.append(f"workerGroupSpecs[{i}]: replicas outside [minReplicas, maxReplicas]")
         for container in group.get("template", {}).get("spec", {}).get("containers", []):
             resources = container.get("resources", {})
@@ -182,14 +199,19 @@ def test_rayjob_has_what_kuberay_requires():
     assert "--run.storage s3://" in entrypoint and "--cluster.use_gpu true" in entrypoint
     env = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])
     assert "DISTGNN_BASE_DIR" not in env.get("env_vars", {})
-    secrets = [e for c in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"]
-               for e in c.get("env", []) if "valueFrom" in e]
+    secrets = [
+        e
+        for c in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+        for e in c.get("env", [])
+        if "valueFrom" in e
+    ]
     assert {e["name"] for e in secrets} >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
 
 def _drop_worker_key(key):
     def edit(doc):
         del doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0][key]
+
     return edit
 
 
@@ -207,11 +229,18 @@ def _drop_head_image(doc):
     del doc["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
 
 
-@pytest.mark.parametrize("edit", [_drop_worker_key("groupName"), _drop_worker_key("maxReplicas"),
-                                  _drop_worker_key("rayStartParams"), _drop_gpu, _break_runtime_env,
-                                  _drop_head_image],
-                         ids=["no-groupName", "no-maxReplicas", "no-rayStartParams", "no-gpu",
-                              "runtimeEnvYAML-invalid", "no-head-image"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _drop_worker_key("groupName"),
+        _drop_worker_key("maxReplicas"),
+        _drop_worker_key("rayStartParams"),
+        _drop_gpu,
+        _break_runtime_env,
+        _drop_head_image,
+    ],
+    ids=["no-groupName", "no-maxReplicas", "no-rayStartParams", "no-gpu", "runtimeEnvYAML-invalid", "no-head-image"],
+)
 def test_broken_rayjob_is_rejected(edit):
     doc = load_yaml("rayjob.yaml")
     edit(doc)
@@ -285,8 +314,14 @@ def test_start_cluster_refuses_unknown_arguments():
 def dry_run(project: Path, *args: str, cwd: Path | None = None) -> tuple[list[str], dict]:
     env = {k: v for k, v in os.environ.items() if k not in ("DISTGNN_BASE_DIR", "RAY_API_SERVER_ADDRESS")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    out = subprocess.run(["bash", str(project / "launch" / "submit.sh"), "--dry-run", *args],
-                         cwd=cwd or project, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["bash", str(project / "launch" / "submit.sh"), "--dry-run", *args],
+        cwd=cwd or project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     argv = shlex.split(out.stdout)
     return argv, json.loads(argv[argv.index("--runtime-env-json") + 1])
 
@@ -302,12 +337,30 @@ def package_names(project: Path, runtime_env: dict, tmp_path: Path) -> tuple[set
 def test_submit_uploads_code_without_data_runs_or_venvs(tmp_path):
     project = tmp_path / "proj"
     files = {
-        "keep": ["launch/submit.sh", "distgnn/__init__.py", "distgnn/data/graph.py", "configs/a.yaml",
-                 "benchmarks/bench.py", "tests/data/tiny.csv", "README.md"],
-        "drop": ["data/big/blob.bin", "runs/r1/model.pt", "exports/e/manifest.json", "benchmarks/out/a.json",
-                 ".git/HEAD", "distgnn.egg-info/PKG-INFO", "distgnn/__pycache__/a.pyc", ".venv/bin/python",
-                 "myenv/pyvenv.cfg", "myenv/lib/site.py", "tools/env2/pyvenv.cfg", "tools/env2/bin/python",
-                 "x.tmp-123/part"],
+        "keep": [
+            "launch/submit.sh",
+            "distgnn/__init__.py",
+            "distgnn/data/graph.py",
+            "configs/a.yaml",
+            "benchmarks/bench.py",
+            "tests/data/tiny.csv",
+            "README.md",
+        ],
+        "drop": [
+            "data/big/blob.bin",
+            "runs/r1/model.pt",
+            "exports/e/manifest.json",
+            "benchmarks/out/a.json",
+            ".git/HEAD",
+            "distgnn.egg-info/PKG-INFO",
+            "distgnn/__pycache__/a.pyc",
+            ".venv/bin/python",
+            "myenv/pyvenv.cfg",
+            "myenv/lib/site.py",
+            "tools/env2/pyvenv.cfg",
+            "tools/env2/bin/python",
+            "x.tmp-123/part",
+        ],
     }
     for name in files["keep"] + files["drop"]:
         (project / name).parent.mkdir(parents=True, exist_ok=True)
@@ -319,8 +372,15 @@ def test_submit_uploads_code_without_data_runs_or_venvs(tmp_path):
     assert argv[0] == "RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1" and argv[1:4] == ["ray", "job", "submit"]
     assert argv[argv.index("--working-dir") + 1] == str(project.resolve())
     assert argv[argv.index("--address") + 1] == "http://127.0.0.1:8265"
-    assert argv[argv.index("--") + 1:] == ["python", "-m", "distgnn.train", "--run.output_dir", "runs/x",
-                                           "--run.name", "a b"]
+    assert argv[argv.index("--") + 1 :] == [
+        "python",
+        "-m",
+        "distgnn.train",
+        "--run.output_dir",
+        "runs/x",
+        "--run.name",
+        "a b",
+    ]
     assert runtime_env["env_vars"] == {"DISTGNN_BASE_DIR": str(project.resolve())}
 
     names, _ = package_names(project, runtime_env, tmp_path)
@@ -334,8 +394,9 @@ def test_submit_base_dir_from_environment_and_other_cwd(tmp_path, monkeypatch):
     base.mkdir()
     monkeypatch.setenv("DISTGNN_BASE_DIR", str(base))
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    out = subprocess.run(["bash", str(LAUNCH / "submit.sh"), "--dry-run"], cwd=tmp_path, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        ["bash", str(LAUNCH / "submit.sh"), "--dry-run"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     argv = shlex.split(out.stdout)
     runtime_env = json.loads(argv[argv.index("--runtime-env-json") + 1])
     assert runtime_env["env_vars"]["DISTGNN_BASE_DIR"] == str(base.resolve())
@@ -346,7 +407,7 @@ def test_submit_base_dir_from_environment_and_other_cwd(tmp_path, monkeypatch):
 def test_submit_remote_sets_no_base_dir():
     argv, runtime_env = dry_run(PROJECT, "--remote", "--run.storage", "s3://b/runs")
     assert runtime_env["env_vars"] == {}
-    assert argv[argv.index("--") + 1:] == ["python", "-m", "distgnn.train", "--run.storage", "s3://b/runs"]
+    assert argv[argv.index("--") + 1 :] == ["python", "-m", "distgnn.train", "--run.storage", "s3://b/runs"]
 
 
 def test_submit_package_of_this_project_is_small(tmp_path):

@@ -1,4 +1,5 @@
 """Ranking and rating metrics: a hand-computed example, then vectorised paths against a per-user loop."""
+
 import math
 import random
 
@@ -26,12 +27,14 @@ def to_csr(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 # 4 users x 6 items. item_emb = identity, so each user's embedding row *is* its score row.
 # user 0 ranks 0,1,2,3,4,5 and has trained on 0; user 1 ranks 5,4,3,2,1,0 and has trained on 5;
 # user 2 has no truth; user 3 ranks 0,2,3,4,5,1.
-USER_EMB = torch.tensor([
-    [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
-    [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-    [0.3, 0.3, 0.3, 0.3, 0.3, 0.3],
-    [0.6, 0.1, 0.5, 0.4, 0.3, 0.2],
-])
+USER_EMB = torch.tensor(
+    [
+        [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+        [0.3, 0.3, 0.3, 0.3, 0.3, 0.3],
+        [0.6, 0.1, 0.5, 0.4, 0.3, 0.2],
+    ]
+)
 ITEM_EMB = torch.eye(6)
 TRAIN = to_csr([[0], [5], [], []])
 TRUTH = to_csr([[2, 5], [2, 4], [], [3]])
@@ -73,8 +76,8 @@ def test_hand_computed_example():
         "mrr@1": 1 / 3,
         "recall@3": (1 / 2 + 1 + 1) / 3,
         "precision@3": (1 / 3 + 2 / 3 + 1 / 3) / 3,
-        "ndcg@3": ((1 / math.log2(3)) / idcg2 + (1 / math.log2(2) + 1 / math.log2(4)) / idcg2
-                   + (1 / math.log2(4)) / 1) / 3,
+        "ndcg@3": ((1 / math.log2(3)) / idcg2 + (1 / math.log2(2) + 1 / math.log2(4)) / idcg2 + (1 / math.log2(4)) / 1)
+        / 3,
         "hr@3": 1.0,
         "mrr@3": (1 / 2 + 1 + 1 / 3) / 3,
         "num_users": 3,
@@ -112,6 +115,7 @@ def test_no_users_gives_zeros_not_nan():
 
 # ---- random data against a per-user reference -------------------------------------------------
 
+
 def reference_metrics(scores, train_rows, truth_rows, ks):
     """One user at a time, LightGCN's way."""
     totals = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "precision", "ndcg", "hr", "mrr")}
@@ -120,8 +124,9 @@ def reference_metrics(scores, train_rows, truth_rows, ks):
         if not truth:
             continue
         num_users += 1
-        order = [i for i in sorted(range(scores.shape[1]), key=lambda i: -float(scores[u, i]))
-                 if i not in train_rows[u]]
+        order = [
+            i for i in sorted(range(scores.shape[1]), key=lambda i: -float(scores[u, i])) if i not in train_rows[u]
+        ]
         for k in ks:
             hits = [1 if i in truth else 0 for i in order[:k]]
             totals[f"recall@{k}"] += sum(hits) / len(truth)
@@ -142,9 +147,9 @@ def random_case():
     train_rows, truth_rows = [], []
     for u in range(num_users):
         items = rng.sample(range(num_items), 12)
-        train_rows.append(set(items[:rng.randint(0, 8)]))
+        train_rows.append(set(items[: rng.randint(0, 8)]))
         # every 7th user has no truth, to be skipped
-        truth_rows.append(set() if u % 7 == 0 else set(items[8:8 + rng.randint(1, 4)]))
+        truth_rows.append(set() if u % 7 == 0 else set(items[8 : 8 + rng.randint(1, 4)]))
     user_emb = torch.randn(num_users, 8)
     item_emb = torch.randn(num_items, 8)
     train = to_csr([sorted(r) for r in train_rows])
@@ -162,8 +167,7 @@ def assert_metrics_equal(got, expected):
 def test_vectorised_matches_per_user_reference(random_case):
     user_emb, item_emb, train, truth, ks, expected = random_case
     users = torch.arange(user_emb.shape[0])
-    assert_metrics_equal(finalize(evaluate_ranking(user_emb, item_emb, users, [train], truth, ks)),
-                         expected)
+    assert_metrics_equal(finalize(evaluate_ranking(user_emb, item_emb, users, [train], truth, ks)), expected)
 
 
 def test_chunked_equals_one_shot(random_case):

@@ -71,8 +71,9 @@ def test_sampled_softmax_by_hand_and_masking():
     e = torch.exp(torch.tensor([1.0, 0.0, 1.0]))
     assert torch.isclose(loss, -torch.log(e[0] / e.sum()))
     # cell (0, 2) masked; (0, 0) is the target and stays even when listed
-    masked = sampled_softmax_loss(user, items, torch.tensor([0]), temperature=1.0,
-                                  masked=(torch.tensor([0, 0]), torch.tensor([0, 2])))
+    masked = sampled_softmax_loss(
+        user, items, torch.tensor([0]), temperature=1.0, masked=(torch.tensor([0, 0]), torch.tensor([0, 2]))
+    )
     assert torch.isclose(masked, -torch.log(e[0] / (e[0] + e[1])))
     # log-q correction: subtracting log q from each logit, by hand
     log_q = torch.tensor([0.5, -1.0, 2.0])
@@ -81,8 +82,7 @@ def test_sampled_softmax_by_hand_and_masking():
     assert torch.isclose(corrected, -torch.log(z[0] / z.sum()))
     # a learned item offset adds to the (corrected) logits; cosines are divided by the temperature
     bias = torch.tensor([-0.3, 0.2, 1.5], requires_grad=True)
-    biased = sampled_softmax_loss(user, 3 * items, torch.tensor([0]), temperature=0.5, log_q=log_q,
-                                  item_bias=bias)
+    biased = sampled_softmax_loss(user, 3 * items, torch.tensor([0]), temperature=0.5, log_q=log_q, item_bias=bias)
     z = torch.exp(torch.tensor([1.0, 0.0, 1.0]) / 0.5 + bias.detach() - log_q)
     assert torch.isclose(biased, -torch.log(z[0] / z.sum()))
     biased.backward()  # d loss / d b = softmax - one-hot target
@@ -93,7 +93,7 @@ def test_info_nce_by_hand():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     b = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
     # cosines: row 0 vs (1, 0.7071), row 1 vs (0, 0.7071); targets on the diagonal
-    c = torch.tensor([[1.0, 2 ** -0.5], [0.0, 2 ** -0.5]]) / 0.5
+    c = torch.tensor([[1.0, 2**-0.5], [0.0, 2**-0.5]]) / 0.5
     expected = -(torch.log_softmax(c, dim=1).diagonal()).mean()
     assert torch.isclose(info_nce(a, b, temperature=0.5), expected)
 
@@ -115,8 +115,9 @@ def test_trimmed_propagation_equals_full_on_the_seeds(tiny_graph):
     g = load_graph(tiny_graph)
     torch.manual_seed(0)
     model = LightGCN(g.num_nodes, 16, num_layers=3)
-    sub = sample_subgraph(g.indptr, g.indices, torch.tensor([0, 3, 900, 1000]), [5, 5, 5],
-                          generator=torch.Generator().manual_seed(1))
+    sub = sample_subgraph(
+        g.indptr, g.indices, torch.tensor([0, 3, 900, 1000]), [5, 5, 5], generator=torch.Generator().manual_seed(1)
+    )
     adj_t = sampled_adjacency(sub.node, sub.row, sub.col, g.degree)
     full = model(sub.node, adj_t)
     trimmed = model(sub.node, adj_t, sub.num_sampled_nodes)

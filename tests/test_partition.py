@@ -1,6 +1,7 @@
 """Graph partitioning: statistics on a graph checked by hand, METIS against random on planted
 clusters, the hash's independence from the graph, and the invariants of the files written (parts
 cover every node once, rows and training edges equal the full graph's), load errors."""
+
 from __future__ import annotations
 
 import json
@@ -205,8 +206,7 @@ def test_load_errors(graph_copy):
 
 
 def test_prepare_with_partitions_writes_parts(tmp_path):
-    out = prepare(PrepareConfig(output=str(tmp_path / "g"), synthetic=SMALL, partitions=2,
-                                partition_method="metis"))
+    out = prepare(PrepareConfig(output=str(tmp_path / "g"), synthetic=SMALL, partitions=2, partition_method="metis"))
     meta = verify_graph_dir(out)
     assert meta["partitions"]["num_parts"] == 2 and "parts/node_part.npy" in meta["checksums"]
     parts_meta = json.loads((out / "parts" / "meta.json").read_text())

@@ -1,5 +1,6 @@
 """Partitioned training: sampling across parts, row-sharded embeddings, layer-wise inference and the
 training loop, run for real on 2 processes over gloo (torch.multiprocessing), plus 2 Ray workers."""
+
 import json
 import os
 import shutil
@@ -97,8 +98,9 @@ def _sample_fanout(rank, graph_dir, k, draws):
     frontier = torch.arange(part.node_part.numel())[rank::2]  # half the nodes, from both parts
     gen = torch.Generator().manual_seed(10 + rank)
     traffic = Traffic()
-    samples = [remote_neighbors(part, frontier, k, replace=False, generator=gen, traffic=traffic)[:2]
-               for _ in range(draws)]
+    samples = [
+        remote_neighbors(part, frontier, k, replace=False, generator=gen, traffic=traffic)[:2] for _ in range(draws)
+    ]
     return frontier, samples, traffic.as_dict()
 
 
@@ -114,8 +116,9 @@ def test_remote_sampling_respects_fanouts_and_is_uniform(parted_graph):
             assert torch.equal(segment, torch.repeat_interleave(torch.arange(frontier.numel()), deg.clamp(max=k)))
             # (node, neighbor) -> position in the CSR: rows sorted, so the keys are sorted too
             pos = torch.searchsorted(edge_keys, frontier[segment] * g.num_nodes + neighbor)
-            assert torch.equal(edge_keys[pos.clamp(max=edge_keys.numel() - 1)],
-                               frontier[segment] * g.num_nodes + neighbor)  # real edges only
+            assert torch.equal(
+                edge_keys[pos.clamp(max=edge_keys.numel() - 1)], frontier[segment] * g.num_nodes + neighbor
+            )  # real edges only
             assert len(set(zip(segment.tolist(), neighbor.tolist()))) == segment.numel()
             hits[pos] += 1
         # every neighbor of a node with deg > k is drawn with probability k / deg
@@ -202,6 +205,7 @@ def test_shared_negatives_give_the_single_process_loss_and_gradients():
 
     # One process with both ranks' batches: every candidate once, every user against all of them.
     from distgnn.nn.losses import sampled_softmax_loss
+
     users = torch.tensor(SHARED_CASE[0][0] + SHARED_CASE[1][0])
     union = torch.tensor([10, 11, 12, 13, 14, 15])
     positive = [SHARED_CASE[r][1][t] for r in (0, 1) for t in SHARED_CASE[r][2]]
@@ -231,8 +235,9 @@ def _train(rank, job, run_dir):
 
 @pytest.mark.parametrize("options", [{}, {"model.item_bias": True, "optim.contrastive_weight": 0.1}])
 def test_two_process_partitioned_training_beats_popularity(parted_graph, tmp_path, options):
-    job = tiny_job(parted_graph, **{"cluster.partitioned": True, "cluster.num_workers": 2,
-                                    "optim.batch_size": 256, **options})
+    job = tiny_job(
+        parted_graph, **{"cluster.partitioned": True, "cluster.num_workers": 2, "optim.batch_size": 256, **options}
+    )
     run_dir = create_run_dir(job, str(tmp_path), "run")
     results = run_on_two_ranks(_train, job, str(run_dir))
     assert results[0]["test"] == results[1]["test"]  # metrics reduced over both parts' users
@@ -264,18 +269,62 @@ def test_partition_mismatch_is_refused_before_training(parted_graph, tmp_path, c
     data = np.load(indices)
     data[0] += 1
     np.save(indices, data)
-    code = train_main(["--graph", str(damaged), "--cluster.partitioned", "true", "--cluster.num_workers", "2",
-                       "--run.output_dir", str(tmp_path / "runs")])
+    code = train_main(
+        [
+            "--graph",
+            str(damaged),
+            "--cluster.partitioned",
+            "true",
+            "--cluster.num_workers",
+            "2",
+            "--run.output_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "indices.npy" in err and "checksum" in err
-    code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true",
-                       "--cluster.num_workers", "4", "--run.output_dir", str(tmp_path / "runs")])
+    code = train_main(
+        [
+            "--graph",
+            str(parted_graph),
+            "--cluster.partitioned",
+            "true",
+            "--cluster.num_workers",
+            "4",
+            "--run.output_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 2 and "holds 2 partitions, but 4 were requested" in capsys.readouterr().err
-    code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true", "--model.name", "sage",
-                       "--cluster.num_workers", "2", "--run.output_dir", str(tmp_path / "runs")])
+    code = train_main(
+        [
+            "--graph",
+            str(parted_graph),
+            "--cluster.partitioned",
+            "true",
+            "--model.name",
+            "sage",
+            "--cluster.num_workers",
+            "2",
+            "--run.output_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 2 and "not 'sage'" in capsys.readouterr().err
-    code = train_main(["--graph", str(parted_graph), "--cluster.partitioned", "true", "--optim.hard_negative_pool",
-                       "4", "--cluster.num_workers", "2", "--run.output_dir", str(tmp_path / "runs")])
+    code = train_main(
+        [
+            "--graph",
+            str(parted_graph),
+            "--cluster.partitioned",
+            "true",
+            "--optim.hard_negative_pool",
+            "4",
+            "--cluster.num_workers",
+            "2",
+            "--run.output_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 2 and "optim.hard_negative_pool" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
@@ -296,8 +345,16 @@ def test_two_ray_workers_train_on_their_parts_and_survive_a_crash(parted_graph, 
     from distgnn.training.launcher import launch
     from distgnn.training.partitioned import SHARDS_DIR, assemble_model
 
-    job = tiny_job(parted_graph, **{"optim.epochs": 4, "run.crash_at_epoch": 2, "cluster.num_workers": 2,
-                                    "cluster.partitioned": True, "optim.batch_size": 256})
+    job = tiny_job(
+        parted_graph,
+        **{
+            "optim.epochs": 4,
+            "run.crash_at_epoch": 2,
+            "cluster.num_workers": 2,
+            "cluster.partitioned": True,
+            "optim.batch_size": 256,
+        },
+    )
     run_dir = create_run_dir(job, str(tmp_path), "run")
     results = launch(job, run_dir)
     assert (run_dir / ".crashed-once").exists()

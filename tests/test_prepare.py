@@ -45,8 +45,7 @@ def test_temporal_and_leave_one_out_hold_out_the_latest():
 def test_random_split_fractions_and_every_user_keeps_training():
     rng = np.random.default_rng(0)
     user = rng.integers(0, 50, 5000)
-    labels = split_interactions(user, np.arange(5000), method="random", val_fraction=0.1,
-                                test_fraction=0.2, seed=1)
+    labels = split_interactions(user, np.arange(5000), method="random", val_fraction=0.1, test_fraction=0.2, seed=1)
     assert abs((labels == TEST).mean() - 0.2) < 0.02 and abs((labels == VAL).mean() - 0.1) < 0.02
     assert set(np.unique(user[labels == TRAIN])) == set(np.unique(user))
 
@@ -78,23 +77,38 @@ def test_graph_directory_invariants(tiny_graph):
 
 def test_csv_with_named_columns_and_events(tmp_path):
     path = tmp_path / "log.csv"
-    path.write_text("uid,iid,ts,event\na,x,1,click\na,y,2,buy\nb,x,3,click\nb,z,4,buy\nc,y,5,buy\n"
-                    "a,z,6,click\nb,y,7,buy\nc,x,8,click\n")
-    out = prepare(PrepareConfig(input=str(path), output=str(tmp_path / "g"), user_col="uid", item_col="iid",
-                                time_col="ts", event_col="event", keep_events="buy", split="leave_one_out"))
+    path.write_text(
+        "uid,iid,ts,event\na,x,1,click\na,y,2,buy\nb,x,3,click\nb,z,4,buy\nc,y,5,buy\n"
+        "a,z,6,click\nb,y,7,buy\nc,x,8,click\n"
+    )
+    out = prepare(
+        PrepareConfig(
+            input=str(path),
+            output=str(tmp_path / "g"),
+            user_col="uid",
+            item_col="iid",
+            time_col="ts",
+            event_col="event",
+            keep_events="buy",
+            split="leave_one_out",
+        )
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["num_users"] == 3 and sum(meta["num_interactions"].values()) == 4
     users = pq.read_table(out / "users.parquet")["raw_id"].to_pylist()
     assert sorted(users) == ["a", "b", "c"]
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", "file is empty"),
-    ("user,item\n", "no rows"),
-    ("user,thing\n1,2\n", "missing item column 'item'"),
-    ("user,item,ts\n1,2,3\n1,2\n", "cannot parse as CSV"),
-    ("user,item,ts\n1,2,x\n", "timestamp column 'ts'"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "file is empty"),
+        ("user,item\n", "no rows"),
+        ("user,thing\n1,2\n", "missing item column 'item'"),
+        ("user,item,ts\n1,2,3\n1,2\n", "cannot parse as CSV"),
+        ("user,item,ts\n1,2,x\n", "timestamp column 'ts'"),
+    ],
+)
 def test_bad_input_is_one_clear_error_and_leaves_nothing(tmp_path, capsys, content, message):
     path = tmp_path / "bad.csv"
     path.write_text(content)

@@ -1,5 +1,6 @@
 """Property tests of prepare's core: id maps round-trip through the written graph, splits and
 deduplication keep their promises, each checked against a plain per-user Python reference."""
+
 from __future__ import annotations
 
 import math
@@ -67,19 +68,26 @@ def reference_counts(n: int, method: str, val_fraction: float, test_fraction: fl
     return n_val, n_test
 
 
-SPLIT_INPUTS = st.integers(1, 60).flatmap(lambda n: st.tuples(
-    st.lists(st.integers(0, 6), min_size=n, max_size=n),
-    st.lists(st.integers(-5, 20), min_size=n, max_size=n)))  # small range: ties in order happen
+SPLIT_INPUTS = st.integers(1, 60).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(0, 6), min_size=n, max_size=n), st.lists(st.integers(-5, 20), min_size=n, max_size=n)
+    )
+)  # small range: ties in order happen
 
 
 @FEW
-@given(rows=SPLIT_INPUTS, method=st.sampled_from(["random", "temporal", "leave_one_out"]),
-       val_fraction=st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.45]), test_fraction=st.sampled_from([0.0, 0.1, 0.3, 0.45]),
-       seed=st.integers(0, 2**16))
+@given(
+    rows=SPLIT_INPUTS,
+    method=st.sampled_from(["random", "temporal", "leave_one_out"]),
+    val_fraction=st.sampled_from([0.0, 0.1, 0.2, 0.25, 0.45]),
+    test_fraction=st.sampled_from([0.0, 0.1, 0.3, 0.45]),
+    seed=st.integers(0, 2**16),
+)
 def test_split_properties(rows, method, val_fraction, test_fraction, seed):
     user, order = np.array(rows[0]), np.array(rows[1])
-    labels = split_interactions(user, order, method=method, val_fraction=val_fraction,
-                                test_fraction=test_fraction, seed=seed)
+    labels = split_interactions(
+        user, order, method=method, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+    )
     assert labels.shape == user.shape and set(labels.tolist()) <= {TRAIN, VAL, TEST}  # one split per row
     by_user = defaultdict(list)
     for row, u in enumerate(user.tolist()):
@@ -87,8 +95,9 @@ def test_split_properties(rows, method, val_fraction, test_fraction, seed):
     for u, members in by_user.items():
         mine = labels[members]
         assert (mine == TRAIN).sum() >= 1, u
-        assert ((mine == VAL).sum(), (mine == TEST).sum()) == reference_counts(len(members), method, val_fraction,
-                                                                              test_fraction)
+        assert ((mine == VAL).sum(), (mine == TEST).sum()) == reference_counts(
+            len(members), method, val_fraction, test_fraction
+        )
         if method != "random":  # held out = the latest by order (ties may go either way)
             times = order[members]
             train_t, val_t, test_t = times[mine == TRAIN], times[mine == VAL], times[mine == TEST]
@@ -116,9 +125,13 @@ def test_leave_one_out_holds_out_the_latest_with_distinct_times():
 # ---------------------------------------------------------------------------------------------------
 # deduplicate against a per-pair reference
 
-DEDUP_INPUTS = st.integers(1, 50).flatmap(lambda n: st.tuples(
-    st.lists(st.integers(0, 4), min_size=n, max_size=n), st.lists(st.integers(0, 4), min_size=n, max_size=n),
-    st.lists(st.integers(0, 6), min_size=n, max_size=n)))
+DEDUP_INPUTS = st.integers(1, 50).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(0, 4), min_size=n, max_size=n),
+        st.lists(st.integers(0, 4), min_size=n, max_size=n),
+        st.lists(st.integers(0, 6), min_size=n, max_size=n),
+    )
+)
 
 
 @FEW

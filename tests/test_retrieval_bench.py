@@ -1,4 +1,5 @@
 """Smoke tests of the retrieval benchmark's pure parts (benchmarks/retrieval.py), on tiny data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -66,8 +67,10 @@ def test_target_check():
 
 
 def test_index_specs_include_library_defaults():
-    specs = {s.family: s for s in index_specs(["flat", "ivf", "hnsw", "ivfpq"], 1_000_000, 64, quick=False,
-                                              ef_construction=None)}
+    specs = {
+        s.family: s
+        for s in index_specs(["flat", "ivf", "hnsw", "ivfpq"], 1_000_000, 64, quick=False, ef_construction=None)
+    }
     assert specs["ivf"].values[-1] == 256 and 250 in specs["ivf"].values  # nlist 4000 -> default nprobe 250
     assert 64 in specs["hnsw"].values
     assert {"ivfpq m16", "ivfpq m32"} <= specs.keys()
@@ -89,13 +92,24 @@ def test_bench_dataset_and_quality_match_exact_evaluation():
     users = np.flatnonzero(truth.counts.numpy() > 0).astype(np.int64)
     quality = Quality(xq, users, exclude, truth)
 
-    rows = bench_dataset(Dataset("tiny", xb, xq, quality), index_specs(["flat", "ivf"], 2000, 8, quick=True,
-                                                                       ef_construction=None),
-                         single_queries=5, single_max_s=0.2)
+    rows = bench_dataset(
+        Dataset("tiny", xb, xq, quality),
+        index_specs(["flat", "ivf"], 2000, 8, quick=True, ef_construction=None),
+        single_queries=5,
+        single_max_s=0.2,
+    )
     assert rows[0].family == "flat" and rows[0].recall10 == 1.0 and rows[0].recall100 == 1.0
     assert all(0.0 <= r.recall10 <= 1.0 for r in rows)
-    exact = finalize(evaluate_ranking(torch.from_numpy(xq), torch.from_numpy(xb), torch.from_numpy(users),
-                                      [(exclude.indptr, exclude.indices)], (truth.indptr, truth.indices), [20]))
+    exact = finalize(
+        evaluate_ranking(
+            torch.from_numpy(xq),
+            torch.from_numpy(xb),
+            torch.from_numpy(users),
+            [(exclude.indptr, exclude.indices)],
+            (truth.indptr, truth.indices),
+            [20],
+        )
+    )
     assert rows[0].quality["recall@20"] == pytest.approx(exact["recall@20"], abs=1e-9)
     flat = build_index(xb, "flat", use_gpu=False)
     assert recommendation_quality(flat, quality, batch_size=7)["ndcg@20"] == pytest.approx(exact["ndcg@20"])

@@ -1,5 +1,6 @@
 """Neighbor sampler: a graph checked by hand, then the vectorised sampler against brute-force
 neighborhoods on small random bipartite graphs, uniformity, negatives and PyG loader integration."""
+
 from __future__ import annotations
 
 import itertools
@@ -70,7 +71,7 @@ def test_sample_neighbors_fanout_distinct_and_in_row():
     indptr, indices, adj, _, _ = random_graph()
     n = indptr.numel() - 1
     nodes = torch.cat([torch.arange(n), torch.arange(n)])  # repeated nodes are sampled independently
-    deg = (indptr[nodes + 1] - indptr[nodes])
+    deg = indptr[nodes + 1] - indptr[nodes]
     g = torch.Generator().manual_seed(1)
     for k in (0, 1, 3, 7, 100, -1):
         segment, position = sample_neighbors(indptr, indices, nodes, k, generator=g)
@@ -87,8 +88,9 @@ def test_sample_neighbors_with_replacement():
     indptr, indices, _, _, _ = random_graph()
     nodes = torch.arange(indptr.numel() - 1)
     deg = indptr[1:] - indptr[:-1]
-    segment, position = sample_neighbors(indptr, indices, nodes, 30, replace=True,
-                                         generator=torch.Generator().manual_seed(0))
+    segment, position = sample_neighbors(
+        indptr, indices, nodes, 30, replace=True, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(torch.bincount(segment, minlength=nodes.numel()), torch.where(deg > 0, 30, 0))
     owner = nodes[segment]
     assert bool(((position >= indptr[owner]) & (position < indptr[owner + 1])).all())
@@ -126,7 +128,7 @@ def check_subgraph(out, indptr, indices, adj, seeds, fanouts):
             if node[r] not in seen:
                 seen.add(node[r])
                 first_seen.append(node[r])
-        assert first_seen == node[hop_nodes[h + 1]: hop_nodes[h + 2]]
+        assert first_seen == node[hop_nodes[h + 1] : hop_nodes[h + 2]]
 
 
 @pytest.mark.parametrize("fanouts", [[3, 2], [1, 1, 1], [5], []])
@@ -183,8 +185,7 @@ def test_memory_mapped_csr_gives_the_same_sample(tmp_path):
     indptr, indices, _, _, _ = random_graph()
     np.save(tmp_path / "indptr.npy", indptr.numpy())
     np.save(tmp_path / "indices.npy", indices.numpy())
-    mapped = [torch.from_numpy(np.load(tmp_path / f"{name}.npy", mmap_mode="c"))
-              for name in ("indptr", "indices")]
+    mapped = [torch.from_numpy(np.load(tmp_path / f"{name}.npy", mmap_mode="c")) for name in ("indptr", "indices")]
     seeds = torch.tensor([3, 77, 12])
     a = sample_subgraph(indptr, indices, seeds, [3, 3], generator=torch.Generator().manual_seed(5))
     b = sample_subgraph(*mapped, seeds, [3, 3], generator=torch.Generator().manual_seed(5))
@@ -215,13 +216,15 @@ def test_uniform_without_replacement():
     # p < 1e-6 beyond 50), and every pair of items equally often (66 pairs, 65 dof, p < 1e-6 beyond 130).
     indptr, indices, _ = bipartite_csr([(0, i) for i in range(12)], 1, 12)
     draws = 20_000
-    segment, position = sample_neighbors(indptr, indices, torch.zeros(draws, dtype=torch.long), 5,
-                                         generator=torch.Generator().manual_seed(0))
+    segment, position = sample_neighbors(
+        indptr, indices, torch.zeros(draws, dtype=torch.long), 5, generator=torch.Generator().manual_seed(0)
+    )
     assert chi_square(torch.bincount(position, minlength=12).double()) < 50
     picked = torch.zeros(draws, 12, dtype=torch.bool)
     picked[segment, position] = True
-    pair_counts = torch.tensor([float((picked[:, a] & picked[:, b]).sum())
-                                for a, b in itertools.combinations(range(12), 2)])
+    pair_counts = torch.tensor(
+        [float((picked[:, a] & picked[:, b]).sum()) for a, b in itertools.combinations(range(12), 2)]
+    )
     assert chi_square(pair_counts) < 130
 
 
@@ -236,8 +239,9 @@ def test_csr_contains_matches_brute_force():
 def test_negatives_are_items_never_positives():
     indptr, indices, adj, num_users, num_items = random_graph()
     users = torch.arange(1, num_users)  # user 0 owns every item, see below
-    neg = sample_negative_items(indptr, indices, users, 50, num_users=num_users, num_items=num_items,
-                                generator=torch.Generator().manual_seed(0))
+    neg = sample_negative_items(
+        indptr, indices, users, 50, num_users=num_users, num_items=num_items, generator=torch.Generator().manual_seed(0)
+    )
     assert neg.shape == (num_users - 1, 50)
     assert bool(((neg >= num_users) & (neg < num_users + num_items)).all())
     for u, row in zip(users.tolist(), neg.tolist()):
@@ -245,8 +249,7 @@ def test_negatives_are_items_never_positives():
     # uniform over the allowed items: every non-positive item shows up
     assert set(neg.view(-1).tolist()) == set(range(num_users + 1, num_users + num_items))
     # a user owning every item cannot be satisfied: the last draws are kept instead of looping forever
-    neg = sample_negative_items(indptr, indices, torch.tensor([0]), 5, num_users=num_users,
-                                num_items=num_items)
+    neg = sample_negative_items(indptr, indices, torch.tensor([0]), 5, num_users=num_users, num_items=num_items)
     assert neg.shape == (1, 5)
 
 
@@ -300,9 +303,14 @@ def test_link_loader_triplet():
     indptr, indices, adj, num_users, num_items = random_graph()
     edge_label_index = training_edges(adj, num_users)
     sampler = NeighborSampler(indptr, indices, [4, 3], num_users=num_users, num_items=num_items, seed=0)
-    loader = LinkLoader(edge_data(num_users + num_items, with_x=True), link_sampler=sampler,
-                        edge_label_index=edge_label_index, batch_size=64, shuffle=True,
-                        neg_sampling=NegativeSampling("triplet", amount=3))
+    loader = LinkLoader(
+        edge_data(num_users + num_items, with_x=True),
+        link_sampler=sampler,
+        edge_label_index=edge_label_index,
+        batch_size=64,
+        shuffle=True,
+        neg_sampling=NegativeSampling("triplet", amount=3),
+    )
     covered = []
     for batch in loader:
         users, items = edge_label_index[:, batch.input_id]
@@ -322,9 +330,13 @@ def test_link_loader_binary():
     indptr, indices, adj, num_users, num_items = random_graph()
     edge_label_index = training_edges(adj, num_users)
     sampler = NeighborSampler(indptr, indices, [4], num_users=num_users, num_items=num_items, seed=0)
-    loader = LinkLoader(edge_data(num_users + num_items), link_sampler=sampler,
-                        edge_label_index=edge_label_index, batch_size=50,
-                        neg_sampling=NegativeSampling("binary", amount=2))
+    loader = LinkLoader(
+        edge_data(num_users + num_items),
+        link_sampler=sampler,
+        edge_label_index=edge_label_index,
+        batch_size=50,
+        neg_sampling=NegativeSampling("binary", amount=2),
+    )
     batch = next(iter(loader))
     pairs = batch.n_id[batch.edge_label_index]
     assert pairs.shape == (2, 150)
@@ -340,8 +352,7 @@ def test_node_loader_and_seeded_reproducibility():
     n = num_users + num_items
 
     def run(seed):
-        sampler = NeighborSampler(indptr, indices, [3, 3], num_users=num_users, num_items=num_items,
-                                  seed=seed)
+        sampler = NeighborSampler(indptr, indices, [3, 3], num_users=num_users, num_items=num_items, seed=seed)
         loader = NodeLoader(edge_data(n), node_sampler=sampler, input_nodes=torch.arange(n), batch_size=32)
         batches = list(loader)
         for batch in batches:
@@ -360,8 +371,13 @@ def test_loader_workers_draw_different_streams():
     n = num_users + num_items
     seeds = torch.arange(0, n, 3)
     sampler = NeighborSampler(indptr, indices, [3, 3], num_users=num_users, num_items=num_items, seed=0)
-    loader = NodeLoader(edge_data(n), node_sampler=sampler, input_nodes=torch.cat([seeds, seeds]),
-                        batch_size=seeds.numel(), num_workers=2)
+    loader = NodeLoader(
+        edge_data(n),
+        node_sampler=sampler,
+        input_nodes=torch.cat([seeds, seeds]),
+        batch_size=seeds.numel(),
+        num_workers=2,
+    )
     a, b = list(loader)
     check_batch_edges(a, adj)
     assert torch.equal(a.n_id[: seeds.numel()], b.n_id[: seeds.numel()])
@@ -373,9 +389,13 @@ def test_sampler_rejects_temporal_and_non_user_sources():
     sampler = NeighborSampler(indptr, indices, [2], num_users=num_users, num_items=num_items, seed=0)
     with pytest.raises(ValueError):
         sampler.sample_from_nodes(NodeSamplerInput(None, torch.tensor([1]), time=torch.tensor([0])))
-    loader = LinkLoader(edge_data(num_users + num_items), link_sampler=sampler,
-                        edge_label_index=torch.tensor([[num_users], [0]]), batch_size=1,
-                        neg_sampling=NegativeSampling("triplet"))
+    loader = LinkLoader(
+        edge_data(num_users + num_items),
+        link_sampler=sampler,
+        edge_label_index=torch.tensor([[num_users], [0]]),
+        batch_size=1,
+        neg_sampling=NegativeSampling("triplet"),
+    )
     with pytest.raises(ValueError, match="users as edge sources"):
         next(iter(loader))
     with pytest.raises(ValueError, match="num_users"):
@@ -397,8 +417,10 @@ def test_make_sampler_backends(caplog):
             make_sampler(indptr, indices, [2], backend="pyg", **kwargs)
 
 
-@pytest.mark.skipif(not (torch_geometric.typing.WITH_PYG_LIB or torch_geometric.typing.WITH_TORCH_SPARSE),
-                    reason="PyG's NeighborSampler needs pyg-lib or torch-sparse")
+@pytest.mark.skipif(
+    not (torch_geometric.typing.WITH_PYG_LIB or torch_geometric.typing.WITH_TORCH_SPARSE),
+    reason="PyG's NeighborSampler needs pyg-lib or torch-sparse",
+)
 def test_matches_pyg_distribution():
     # same seeds, many draws: mean nodes and edges per hop agree with PyG's sampler within 3%
     indptr, indices, adj, num_users, num_items = random_graph(num_users=300, num_items=200, density=0.04)
@@ -419,8 +441,13 @@ def test_matches_pyg_distribution():
         assert math.isclose(a, b, rel_tol=0.03), stats
     # the PyG-backed sampler keeps distgnn's negatives and feeds LinkLoader the same way
     edge_label_index = training_edges(adj, num_users)
-    loader = LinkLoader(edge_data(num_users + num_items), link_sampler=pyg, edge_label_index=edge_label_index,
-                        batch_size=64, neg_sampling=NegativeSampling("triplet", amount=2))
+    loader = LinkLoader(
+        edge_data(num_users + num_items),
+        link_sampler=pyg,
+        edge_label_index=edge_label_index,
+        batch_size=64,
+        neg_sampling=NegativeSampling("triplet", amount=2),
+    )
     batch = next(iter(loader))
     assert torch.equal(batch.n_id[batch.src_index], edge_label_index[0, batch.input_id])
     neg = batch.n_id[batch.dst_neg_index]

@@ -69,8 +69,12 @@ def test_softmax_masks_the_users_other_positives(tiny_graph, monkeypatch):
     candidates = torch.unique(torch.cat([batch.dst_pos_index, batch.dst_neg_index.flatten()]))
     cand_items = batch.n_id[candidates] - graph.num_users
     positives = set(zip(*[t.tolist() for t in graph.train_edges]))
-    expected = {(b, c) for b in range(users.numel()) for c in range(cand_items.numel())
-                if (int(users[b]), int(cand_items[c])) in positives}
+    expected = {
+        (b, c)
+        for b in range(users.numel())
+        for c in range(cand_items.numel())
+        if (int(users[b]), int(cand_items[c])) in positives
+    }
     assert set(zip(rows.tolist(), cols.tolist())) == expected
 
 
@@ -81,18 +85,18 @@ def test_evaluation_never_ranks_training_items(tiny_graph):
     torch.manual_seed(0)
     dim = graph.num_items
     emb = torch.zeros(graph.num_nodes, dim)
-    emb[graph.num_users:] = torch.eye(dim)
+    emb[graph.num_users :] = torch.eye(dim)
     user, item = graph.train_edges
     emb[user, item] = 10.0  # each user's own training items score highest
     emb[: graph.num_users] += 0.01 * torch.rand(graph.num_users, dim)
     got = evaluate(emb, graph, "test", (20,), batch_size=256)
     # by hand: each user's top 20 among the items that are not training items
-    scores = emb[: graph.num_users] @ emb[graph.num_users:].T
+    scores = emb[: graph.num_users] @ emb[graph.num_users :].T
     scores[user, item] = -float("inf")
     top = torch.topk(scores, 20).indices
     hits, users = 0.0, 0
     for u in range(graph.num_users):
-        truth = set(graph.test.indices[graph.test.indptr[u]:graph.test.indptr[u + 1]].tolist())
+        truth = set(graph.test.indices[graph.test.indptr[u] : graph.test.indptr[u + 1]].tolist())
         if truth:
             hits += len(truth & set(top[u].tolist())) / len(truth)
             users += 1
@@ -129,8 +133,9 @@ def test_seen_parquet_holds_every_known_interaction_and_recommend_skips_them(run
     table = rec.recommend(users, k=20)
     user_index = {u: i for i, u in enumerate(rec.user_ids.to_pylist())}
     item_index = {str(v): i for i, v in enumerate(rec.item_ids)}
-    pairs = {(user_index[u], item_index[str(i)]) for u, i in zip(table["user_id"].to_pylist(),
-                                                                   table["item_id"].to_pylist())}
+    pairs = {
+        (user_index[u], item_index[str(i)]) for u, i in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist())
+    }
     assert pairs and not pairs & known
 
 

@@ -1,5 +1,6 @@
 """The HTTP endpoint (distgnn.serving.http) against Export.recommend and brute-force numpy, on an
 export folder written by hand from random vectors (no model is trained)."""
+
 from __future__ import annotations
 
 import http.client
@@ -37,22 +38,35 @@ def item_raw(i: int) -> str:
     return f"i{i}"
 
 
-def write_export(folder: Path, user_vec: np.ndarray, item_vec: np.ndarray, seen: np.ndarray,
-                 indexes: tuple[str, ...] = ("flat", "hnsw")) -> Path:
+def write_export(
+    folder: Path,
+    user_vec: np.ndarray,
+    item_vec: np.ndarray,
+    seen: np.ndarray,
+    indexes: tuple[str, ...] = ("flat", "hnsw"),
+) -> Path:
     """An export folder in the layout distgnn.export writes (``seen`` is ``[nnz, 2]`` user, item rows)."""
     folder.mkdir(parents=True)
-    pq.write_table(embedding_table(pa.array([user_raw(u) for u in range(len(user_vec))]), user_vec),
-                   folder / "users.parquet")
-    pq.write_table(embedding_table(pa.array([item_raw(i) for i in range(len(item_vec))]), item_vec),
-                   folder / "items.parquet")
+    pq.write_table(
+        embedding_table(pa.array([user_raw(u) for u in range(len(user_vec))]), user_vec), folder / "users.parquet"
+    )
+    pq.write_table(
+        embedding_table(pa.array([item_raw(i) for i in range(len(item_vec))]), item_vec), folder / "items.parquet"
+    )
     pq.write_table(pa.table({"user": seen[:, 0], "item": seen[:, 1]}), folder / "seen.parquet")
     index_info = {}
     for index_type in indexes:
         index = build_index(item_vec, index_type, metric="ip", use_gpu=False)
         save_index(index, folder / f"index-{index_type}.faiss")
         index_info[index_type] = {"file": f"index-{index_type}.faiss", "ntotal": int(index.ntotal)}
-    manifest = {"dim": item_vec.shape[1], "metric": "ip", "num_users": len(user_vec), "num_items": len(item_vec),
-                "indexes": index_info, "checksums": checksums(folder)}
+    manifest = {
+        "dim": item_vec.shape[1],
+        "metric": "ip",
+        "num_users": len(user_vec),
+        "num_items": len(item_vec),
+        "indexes": index_info,
+        "checksums": checksums(folder),
+    }
     manifest["sizes"] = {name: (folder / name).stat().st_size for name in manifest["checksums"]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
@@ -107,8 +121,7 @@ def call(server, method: str, path: str, body=None, headers=None) -> tuple[int, 
 def expected_results(exp, user_ids: list[str], k: int, index: str = "flat") -> list[dict]:
     """Export.recommend's answer in the endpoint's shape (user ids unique)."""
     table = exp.recommend(user_ids, k, index=index).to_pylist()
-    return [{"user_id": u, "items": [(r["item_id"], r["score"]) for r in table if r["user_id"] == u]}
-            for u in user_ids]
+    return [{"user_id": u, "items": [(r["item_id"], r["score"]) for r in table if r["user_id"] == u]} for u in user_ids]
 
 
 def assert_same(results: list[dict], expected: list[dict]) -> None:
@@ -121,8 +134,13 @@ def assert_same(results: list[dict], expected: list[dict]) -> None:
 def test_healthz(server):
     status, body = call(server, "GET", "/healthz")
     assert status == 200
-    assert body == {"status": "ok", "num_users": NUM_USERS, "num_items": NUM_ITEMS, "indexes": ["flat", "hnsw"],
-                    "default_index": "flat"}
+    assert body == {
+        "status": "ok",
+        "num_users": NUM_USERS,
+        "num_items": NUM_ITEMS,
+        "indexes": ["flat", "hnsw"],
+        "default_index": "flat",
+    }
 
 
 @pytest.mark.parametrize("index", ["flat", "hnsw"])
@@ -141,8 +159,7 @@ def test_get_and_post_equal_export_recommend(server, exp, index):
     status, body = call(server, "GET", f"/recommend?user_id={users[1]}&user_id={users[2]}&index={index}")
     assert status == 200 and len(body["results"][0]["items"]) == 10  # k defaults to 10
     assert_same(body["results"], want[1:3])
-    status, body = call(server, "POST", "/recommend", {"user_ids": [users[1], int(users[2]), users[1]],
-                                                       "index": index})
+    status, body = call(server, "POST", "/recommend", {"user_ids": [users[1], int(users[2]), users[1]], "index": index})
     assert_same(body["results"], [want[1], want[2], want[1]])
 
 
@@ -209,43 +226,46 @@ def test_history_with_item_bias_column_uses_a_user_bias_weight_of_one(tmp_path):
     np.testing.assert_allclose([i["score"] for i in result["items"]], want_scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("method, path, body, status", [
-    ("GET", "/recommend?user_id=nobody", None, 404),
-    ("GET", "/recommend?user_id=1001&user_id=nobody", None, 404),
-    ("POST", "/recommend", {"user_ids": ["1001", "nobody"]}, 404),
-    ("POST", "/recommend", {"history": ["i1", "no-such-item"]}, 404),
-    ("GET", "/recommend?user_id=1001&k=abc", None, 400),
-    ("GET", "/recommend?user_id=1001&k=0", None, 400),
-    ("GET", "/recommend?user_id=1001&k=-1", None, 400),
-    ("GET", "/recommend?user_id=1001&k=1.5", None, 400),
-    ("GET", f"/recommend?user_id=1001&k={NUM_ITEMS + 1}", None, 400),
-    ("GET", "/recommend?user_id=1001&k=1001", None, 400),
-    ("GET", "/recommend?user_id=1001&k=1&k=2", None, 400),
-    ("GET", "/recommend?user_id=1001&index=ivf", None, 400),
-    ("GET", "/recommend?user=1001", None, 400),
-    ("GET", "/recommend", None, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "k": "10"}, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "k": True}, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "k": 10.0}, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "k": 0}, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "k": 5000}, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "index": ["flat"]}, 400),
-    ("POST", "/recommend", {"user_ids": "1001"}, 400),
-    ("POST", "/recommend", {"user_ids": []}, 400),
-    ("POST", "/recommend", {"user_ids": [None]}, 400),
-    ("POST", "/recommend", {"history": []}, 400),
-    ("POST", "/recommend", {"k": 10}, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "history": ["i1"]}, 400),
-    ("POST", "/recommend", {"user_ids": ["1001"], "kk": 10}, 400),
-    ("POST", "/recommend", ["1001"], 400),
-    ("POST", "/recommend", b"{not json", 400),
-    ("POST", "/recommend", b"", 400),
-    ("POST", "/recommend", b"\xff\xfe\x00garbage", 400),
-    ("POST", "/recommend", b"[" * 100_000, 400),
-    ("GET", "/no/such/path", None, 404),
-    ("POST", "/healthz", b"{}", 405),
-    ("DELETE", "/recommend", None, 501),
-])
+@pytest.mark.parametrize(
+    "method, path, body, status",
+    [
+        ("GET", "/recommend?user_id=nobody", None, 404),
+        ("GET", "/recommend?user_id=1001&user_id=nobody", None, 404),
+        ("POST", "/recommend", {"user_ids": ["1001", "nobody"]}, 404),
+        ("POST", "/recommend", {"history": ["i1", "no-such-item"]}, 404),
+        ("GET", "/recommend?user_id=1001&k=abc", None, 400),
+        ("GET", "/recommend?user_id=1001&k=0", None, 400),
+        ("GET", "/recommend?user_id=1001&k=-1", None, 400),
+        ("GET", "/recommend?user_id=1001&k=1.5", None, 400),
+        ("GET", f"/recommend?user_id=1001&k={NUM_ITEMS + 1}", None, 400),
+        ("GET", "/recommend?user_id=1001&k=1001", None, 400),
+        ("GET", "/recommend?user_id=1001&k=1&k=2", None, 400),
+        ("GET", "/recommend?user_id=1001&index=ivf", None, 400),
+        ("GET", "/recommend?user=1001", None, 400),
+        ("GET", "/recommend", None, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "k": "10"}, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "k": True}, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "k": 10.0}, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "k": 0}, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "k": 5000}, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "index": ["flat"]}, 400),
+        ("POST", "/recommend", {"user_ids": "1001"}, 400),
+        ("POST", "/recommend", {"user_ids": []}, 400),
+        ("POST", "/recommend", {"user_ids": [None]}, 400),
+        ("POST", "/recommend", {"history": []}, 400),
+        ("POST", "/recommend", {"k": 10}, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "history": ["i1"]}, 400),
+        ("POST", "/recommend", {"user_ids": ["1001"], "kk": 10}, 400),
+        ("POST", "/recommend", ["1001"], 400),
+        ("POST", "/recommend", b"{not json", 400),
+        ("POST", "/recommend", b"", 400),
+        ("POST", "/recommend", b"\xff\xfe\x00garbage", 400),
+        ("POST", "/recommend", b"[" * 100_000, 400),
+        ("GET", "/no/such/path", None, 404),
+        ("POST", "/healthz", b"{}", 405),
+        ("DELETE", "/recommend", None, 501),
+    ],
+)
 def test_errors_are_one_line_json(server, method, path, body, status):
     got, answer = call(server, method, path, body)
     assert got == status
@@ -280,8 +300,9 @@ def test_a_bug_is_a_one_line_500(server, monkeypatch):
 
 def test_handlers_run_one_openmp_thread(server, monkeypatch):
     # read the thread counts inside a handler thread: OpenMP keeps them per thread
-    monkeypatch.setattr(server, "health", lambda: {"faiss": faiss.omp_get_max_threads(),
-                                                   "torch": torch.get_num_threads()})
+    monkeypatch.setattr(
+        server, "health", lambda: {"faiss": faiss.omp_get_max_threads(), "torch": torch.get_num_threads()}
+    )
     assert call(server, "GET", "/healthz") == (200, {"faiss": 1, "torch": 1})
 
 

@@ -30,8 +30,11 @@ def s3():
     at it for the duration of the module (and for the subprocesses the tests start)."""
     boto3 = pytest.importorskip("boto3")
     port = free_port()
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -41,8 +44,13 @@ def s3():
         except OSError:
             assert server.poll() is None and time.monotonic() < deadline, "moto_server did not start"
             time.sleep(0.2)
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
@@ -61,7 +69,7 @@ def s3():
 def keys(client, prefix: str) -> list[str]:
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
     # pyarrow leaves empty "folder/" objects for the folders it creates: not files
-    return sorted(o["Key"][len(prefix):] for o in listed if not o["Key"].endswith("/"))
+    return sorted(o["Key"][len(prefix) :] for o in listed if not o["Key"].endswith("/"))
 
 
 def test_a_folder_round_trips_and_an_incomplete_one_is_refused(s3, tmp_path):
@@ -84,11 +92,36 @@ def test_a_folder_round_trips_and_an_incomplete_one_is_refused(s3, tmp_path):
 def test_train_on_ray_with_s3_storage_then_export_and_recommend_from_s3(s3, tiny_graph, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": "/tmp"}
     train = subprocess.run(
-        [sys.executable, "-m", "distgnn.train", "--graph", str(tiny_graph), "--run.storage", f"s3://{BUCKET}/runs",
-         "--run.output_dir", str(tmp_path / "local"), "--run.name", "on-s3", "--optim.epochs", "2",
-         "--model.dim", "32", "--model.num_layers", "2", "--sampler.num_neighbors", "10,10",
-         "--optim.batch_size", "512", "--cluster.num_workers", "2"],
-        capture_output=True, text=True, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "distgnn.train",
+            "--graph",
+            str(tiny_graph),
+            "--run.storage",
+            f"s3://{BUCKET}/runs",
+            "--run.output_dir",
+            str(tmp_path / "local"),
+            "--run.name",
+            "on-s3",
+            "--optim.epochs",
+            "2",
+            "--model.dim",
+            "32",
+            "--model.num_layers",
+            "2",
+            "--sampler.num_neighbors",
+            "10,10",
+            "--optim.batch_size",
+            "512",
+            "--cluster.num_workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
     stored = keys(s3, "runs/on-s3/")
     for name in (MARKER, "config.yaml", "metrics.jsonl", "model.pt", "results.json"):
@@ -96,12 +129,26 @@ def test_train_on_ray_with_s3_storage_then_export_and_recommend_from_s3(s3, tiny
     assert any(k.startswith("ray/checkpoint_") for k in stored)  # Ray Train's checkpoints live there too
 
     exported = subprocess.run(
-        [sys.executable, "-m", "distgnn.export", "--run", f"s3://{BUCKET}/runs/on-s3",
-         "--output", f"s3://{BUCKET}/exports/on-s3", "--indexes", "flat"],
-        capture_output=True, text=True, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "distgnn.export",
+            "--run",
+            f"s3://{BUCKET}/runs/on-s3",
+            "--output",
+            f"s3://{BUCKET}/exports/on-s3",
+            "--indexes",
+            "flat",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert exported.returncode == 0, exported.stderr[-3000:]
-    assert {"manifest.json", "users.parquet", "items.parquet", "index-flat.faiss", MARKER} <= \
-        set(keys(s3, "exports/on-s3/"))
+    assert {"manifest.json", "users.parquet", "items.parquet", "index-flat.faiss", MARKER} <= set(
+        keys(s3, "exports/on-s3/")
+    )
     loaded = distgnn.load_export(f"s3://{BUCKET}/exports/on-s3", verify=True)
     users = loaded.user_ids.to_pylist()[:3]
     assert loaded.recommend(users, k=5).num_rows == 15

@@ -4,6 +4,7 @@ working dir), and export reads it.
 
 The head gets its own ports, Ray temp dir and HOME (Ray keeps its token under ~/.ray: start and submit must
 share HOME). It is stopped by pid, never with `ray stop`, which stops every Ray on the machine."""
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,9 @@ def head_processes(root: Path) -> list[psutil.Process]:
         try:
             if p.pid in me:
                 continue
-            if any(str(root) in a for a in p.info["cmdline"] or []) or \
-                    any(f.path.startswith(str(root)) for f in p.open_files()):
+            if any(str(root) in a for a in p.info["cmdline"] or []) or any(
+                f.path.startswith(str(root)) for f in p.open_files()
+            ):
                 found[p.pid] = p
                 found.update((c.pid, c) for c in p.children(recursive=True))
         except psutil.Error:
@@ -79,16 +81,27 @@ def ray_head():
     # Short folder: Ray's socket paths under it must stay within the 107-byte limit of Unix sockets.
     root = Path(tempfile.mkdtemp(prefix="dgray-", dir="/tmp" if Path("/tmp").is_dir() else None))
     dashboard, gcs, client, agent, autoscaler_metrics, dashboard_metrics = free_ports(6)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "DISTGNN_BASE_DIR", "RAY_HEAD_HOST")}
-    env.update(HOME=str(root), RAY_TMPDIR=str(root), NUM_CPUS="2",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the head's python
-               DASHBOARD_PORT=str(dashboard), GCS_PORT=str(gcs), CLIENT_PORT=str(client),
-               DASHBOARD_AGENT_PORT=str(agent), AUTOSCALER_METRIC_PORT=str(autoscaler_metrics),
-               DASHBOARD_METRIC_PORT=str(dashboard_metrics))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "DISTGNN_BASE_DIR", "RAY_HEAD_HOST")
+    }
+    env.update(
+        HOME=str(root),
+        RAY_TMPDIR=str(root),
+        NUM_CPUS="2",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # the head's python
+        DASHBOARD_PORT=str(dashboard),
+        GCS_PORT=str(gcs),
+        CLIENT_PORT=str(client),
+        DASHBOARD_AGENT_PORT=str(agent),
+        AUTOSCALER_METRIC_PORT=str(autoscaler_metrics),
+        DASHBOARD_METRIC_PORT=str(dashboard_metrics),
+    )
     try:
-        started = subprocess.run(["bash", "launch/start_cluster.sh"], cwd=PROJECT, env=env, capture_output=True,
-                                 text=True, timeout=180)
+        started = subprocess.run(
+            ["bash", "launch/start_cluster.sh"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=180
+        )
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         yield env, root
     finally:
@@ -114,17 +127,32 @@ def test_head_listens_on_loopback_only(ray_head):
 
 
 def run_submit(env: dict, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "launch/submit.sh", *args], cwd=PROJECT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", "launch/submit.sh", *args], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_submit_train_then_export(ray_head, tmp_path):
     env, root = ray_head
     output_dir = f"runs/submit-test-{os.getpid()}"  # relative on purpose: the user's case
     try:
-        done = run_submit(env, "--optim.epochs", "1", "--run.name", "submit-test", "--run.output_dir", output_dir,
-                          "--synthetic.num_users", "300", "--synthetic.num_items", "200",
-                          "--cluster.num_workers", "2", "--cluster.cpus_per_worker", "0.5")
+        done = run_submit(
+            env,
+            "--optim.epochs",
+            "1",
+            "--run.name",
+            "submit-test",
+            "--run.output_dir",
+            output_dir,
+            "--synthetic.num_users",
+            "300",
+            "--synthetic.num_items",
+            "200",
+            "--cluster.num_workers",
+            "2",
+            "--cluster.cpus_per_worker",
+            "0.5",
+        )
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
         run = PROJECT / output_dir / "submit-test"
         for name in ("model.pt", "config.yaml", "results.json", "metrics.jsonl"):
@@ -136,9 +164,13 @@ def test_submit_train_then_export(ray_head, tmp_path):
             assert not (copy / "data").exists() and not (copy / "runs").exists()
 
         export = tmp_path / "export"
-        exported = subprocess.run([sys.executable, "-m", "distgnn.export", "--run", str(run), "--output",
-                                   str(export), "--indexes", "flat"], cwd=PROJECT, capture_output=True, text=True,
-                                  timeout=300)
+        exported = subprocess.run(
+            [sys.executable, "-m", "distgnn.export", "--run", str(run), "--output", str(export), "--indexes", "flat"],
+            cwd=PROJECT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert exported.returncode == 0, exported.stdout[-3000:] + exported.stderr[-3000:]
         assert (export / "manifest.json").is_file()
     finally:

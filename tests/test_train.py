@@ -22,9 +22,18 @@ from distgnn.training.replicated import Replicated, shard_edges
 
 
 def tiny_job(graph, **overrides) -> TrainJobConfig:
-    base = {"graph": str(graph), "model.dim": 32, "model.num_layers": 2, "sampler.num_neighbors": "10,10",
-            "optim.batch_size": 512, "optim.epochs": 6, "optim.num_negatives": 4, "optim.lr": 0.02,
-            "eval.patience": 0, "cluster.threads_per_worker": 1}
+    base = {
+        "graph": str(graph),
+        "model.dim": 32,
+        "model.num_layers": 2,
+        "sampler.num_neighbors": "10,10",
+        "optim.batch_size": 512,
+        "optim.epochs": 6,
+        "optim.num_negatives": 4,
+        "optim.lr": 0.02,
+        "eval.patience": 0,
+        "cluster.threads_per_worker": 1,
+    }
     return load_config(TrainJobConfig, **{**base, **overrides})
 
 
@@ -40,22 +49,22 @@ def test_shards_partition_the_training_edges(tiny_graph):
 def test_positive_cells_by_hand(tiny_graph):
     g = load_graph(tiny_graph)
     user = torch.tensor([0, 1])
-    own = g.indices[g.indptr[0]:g.indptr[1]]
+    own = g.indices[g.indptr[0] : g.indptr[1]]
     other = torch.tensor([n for n in range(g.num_users, g.num_nodes) if n not in set(own.tolist())][:3])
     candidates = torch.cat([other, own[:2]])
     rows, cols = positive_cells(g.indptr, g.indices, user, candidates)
     mask = torch.zeros(2, 5, dtype=torch.bool)
     mask[rows, cols] = True
     assert mask[0].tolist() == [False, False, False, True, True]
-    user1 = set(g.indices[g.indptr[1]:g.indptr[2]].tolist())
+    user1 = set(g.indices[g.indptr[1] : g.indptr[2]].tolist())
     assert mask[1].tolist() == [c in user1 for c in candidates.tolist()]
 
 
-@pytest.mark.parametrize("model,loss", [("lightgcn", "softmax"), ("lightgcn", "bpr"), ("mf", "softmax"),
-                                        ("sage", "softmax")])
+@pytest.mark.parametrize(
+    "model,loss", [("lightgcn", "softmax"), ("lightgcn", "bpr"), ("mf", "softmax"), ("sage", "softmax")]
+)
 def test_trained_model_beats_popularity_on_planted_data(tiny_graph, tmp_path, model, loss):
-    job = tiny_job(tiny_graph, **{"model.name": model, "optim.loss": loss,
-                                  "optim.epochs": 12 if loss == "bpr" else 6})
+    job = tiny_job(tiny_graph, **{"model.name": model, "optim.loss": loss, "optim.epochs": 12 if loss == "bpr" else 6})
     results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
     ours, popular = results["test"]["recall@20"], results["popularity_test"]["recall@20"]
     assert ours > 1.4 * popular, (ours, popular)
@@ -64,14 +73,17 @@ def test_trained_model_beats_popularity_on_planted_data(tiny_graph, tmp_path, mo
     assert history[-1]["loss"] < history[0]["loss"]
 
 
-@pytest.mark.parametrize("overrides", [
-    {"optim.log_q": False},
-    {"optim.edge_sampling": "user_uniform", "optim.lr_schedule": "cosine"},
-    {"model.item_bias": True},
-    {"optim.hard_negative_pool": 8, "optim.num_negatives": 2},
-    {"optim.contrastive_weight": 0.1},
-    {"sampler.num_workers": 1},  # the next batches sampled in a loader process
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optim.log_q": False},
+        {"optim.edge_sampling": "user_uniform", "optim.lr_schedule": "cosine"},
+        {"model.item_bias": True},
+        {"optim.hard_negative_pool": 8, "optim.num_negatives": 2},
+        {"optim.contrastive_weight": 0.1},
+        {"sampler.num_workers": 1},  # the next batches sampled in a loader process
+    ],
+)
 def test_loss_and_schedule_options_still_learn(tiny_graph, tmp_path, overrides):
     job = tiny_job(tiny_graph, **overrides)
     results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
@@ -86,6 +98,7 @@ def spy(monkeypatch, module, name: str, calls: list):
         result = real(*args, **kwargs)
         calls.append((args, kwargs, result))
         return result
+
     monkeypatch.setattr(module, name, wrapper)
 
 
@@ -94,9 +107,16 @@ def test_options_reach_the_training_step(tiny_graph, tmp_path, monkeypatch, on):
     """Each option changes what a step does (off: the plain step), not only the config."""
     overrides = {"optim.epochs": 2, "optim.max_steps_per_epoch": 3, "optim.log_q": not on}
     if on:
-        overrides.update({"model.item_bias": True, "optim.hard_negative_pool": 4, "optim.contrastive_weight": 0.1,
-                          "optim.edge_sampling": "user_uniform", "optim.lr_schedule": "cosine",
-                          "optim.lr_final_fraction": 0.1})
+        overrides.update(
+            {
+                "model.item_bias": True,
+                "optim.hard_negative_pool": 4,
+                "optim.contrastive_weight": 0.1,
+                "optim.edge_sampling": "user_uniform",
+                "optim.lr_schedule": "cosine",
+                "optim.lr_final_fraction": 0.1,
+            }
+        )
     job = tiny_job(tiny_graph, **overrides)
     losses, mined, contrastive, lrs, orders = [], [], [], [], []
     spy(monkeypatch, distgnn.training.objective, "sampled_softmax_loss", losses)
@@ -137,8 +157,9 @@ def test_contrastive_term_without_noise_is_infonce_of_the_clean_outputs(tiny_gra
 
 
 def test_cosine_schedule_by_hand():
-    job = load_config(TrainJobConfig, **{"optim.lr": 0.02, "optim.lr_schedule": "cosine",
-                                         "optim.lr_final_fraction": 0.1})
+    job = load_config(
+        TrainJobConfig, **{"optim.lr": 0.02, "optim.lr_schedule": "cosine", "optim.lr_final_fraction": 0.1}
+    )
     o = job.optim
     assert scheduled_lr(o, 0.0) == pytest.approx(0.02)
     assert scheduled_lr(o, 0.5) == pytest.approx((0.02 + 0.002) / 2)
@@ -208,8 +229,16 @@ def ray_session(tmp_path_factory):
 def test_two_ray_workers_survive_a_crash_and_finish(tiny_graph, tmp_path, ray_session):
     """Real Ray Train + DDP over gloo with 2 workers; worker 0 dies in epoch 2 and the run resumes
     from the last checkpoint, ending with every epoch recorded exactly once."""
-    job = tiny_job(tiny_graph, **{"optim.epochs": 4, "run.crash_at_epoch": 2, "cluster.num_workers": 2,
-                                  "cluster.threads_per_worker": 1, "cluster.cpus_per_worker": 1})
+    job = tiny_job(
+        tiny_graph,
+        **{
+            "optim.epochs": 4,
+            "run.crash_at_epoch": 2,
+            "cluster.num_workers": 2,
+            "cluster.threads_per_worker": 1,
+            "cluster.cpus_per_worker": 1,
+        },
+    )
     run_dir = create_run_dir(job, str(tmp_path), "run")
     results = launch(job, run_dir)
     assert (run_dir / ".crashed-once").exists()

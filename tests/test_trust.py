@@ -28,8 +28,11 @@ from test_train import tiny_job
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` with its sha256: 'byte-identical' made checkable."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -287,9 +290,15 @@ def test_export_verifies_the_graph(run_and_export, tmp_path, capsys):
     assert "indices.npy" in line and "checksum" in line
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--chunk-size", "0"], "--chunk-size"), (["--chunk-size", "-5"], "--chunk-size"),
-    (["--workers", "0"], "--workers"), (["--indexes", ","], "--indexes")])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--chunk-size", "0"], "--chunk-size"),
+        (["--chunk-size", "-5"], "--chunk-size"),
+        (["--workers", "0"], "--workers"),
+        (["--indexes", ","], "--indexes"),
+    ],
+)
 def test_export_refuses_bad_numbers(run_and_export, tmp_path, capsys, args, expected):
     run_dir, _ = run_and_export
     assert export_main(["--run", str(run_dir), "--output", str(tmp_path / "exp"), *args]) == 2
@@ -297,10 +306,18 @@ def test_export_refuses_bad_numbers(run_and_export, tmp_path, capsys, args, expe
     assert not (tmp_path / "exp").exists()
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--k", "-5"], "k: expected"), (["--k", "0"], "k: expected"), (["--k", "10000000"], "k: expected"),
-    (["--user-ids", ""], "no user ids"), (["--user-ids", " , "], "no user ids"),
-    (["--user-ids", "no-such-user"], "unknown user id"), (["--index", "hnsw"], "no 'hnsw' index")])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--k", "-5"], "k: expected"),
+        (["--k", "0"], "k: expected"),
+        (["--k", "10000000"], "k: expected"),
+        (["--user-ids", ""], "no user ids"),
+        (["--user-ids", " , "], "no user ids"),
+        (["--user-ids", "no-such-user"], "unknown user id"),
+        (["--index", "hnsw"], "no 'hnsw' index"),
+    ],
+)
 def test_recommend_refuses_bad_requests(run_and_export, capsys, args, expected):
     _, exported = run_and_export
     user = distgnn.load_export(exported).user_ids[0].as_py()

@@ -76,8 +76,10 @@ def load_checked(path: Path, what: str) -> dict:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unsupported object"
-        raise DataError(f"{path}: refused to load: it holds objects other than tensors and plain values "
-                        f"({reason[:160]}); distgnn never runs code from a file") from None
+        raise DataError(
+            f"{path}: refused to load: it holds objects other than tensors and plain values "
+            f"({reason[:160]}); distgnn never runs code from a file"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: not a readable {what} (truncated or damaged: {first})") from None
@@ -91,18 +93,35 @@ def load_checked(path: Path, what: str) -> dict:
     raise DataError(f"{path}: not a distgnn {what} (unexpected content)")
 
 
-def save_training_state(folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer],
-                        epoch: int, history: list[dict], best: dict | None, name: str = STATE_FILE) -> Path:
+def save_training_state(
+    folder: Path,
+    *,
+    model: nn.Module,
+    optimizers: list[torch.optim.Optimizer],
+    epoch: int,
+    history: list[dict],
+    best: dict | None,
+    name: str = STATE_FILE,
+) -> Path:
     """Everything needed to continue after ``epoch`` (the next run starts at ``epoch + 1``).
     ``name``: the file, one per worker when each holds a different shard of the model."""
-    save_checked({"model": model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
-                  "epoch": epoch, "history": history, "best": best, "torch_rng": torch.get_rng_state()},
-                 Path(folder) / name)
+    save_checked(
+        {
+            "model": model.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers],
+            "epoch": epoch,
+            "history": history,
+            "best": best,
+            "torch_rng": torch.get_rng_state(),
+        },
+        Path(folder) / name,
+    )
     return Path(folder)
 
 
-def load_training_state(folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer],
-                        name: str = STATE_FILE) -> dict[str, Any]:
+def load_training_state(
+    folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer], name: str = STATE_FILE
+) -> dict[str, Any]:
     """Restore model and optimisers in place; returns ``{"epoch", "history", "best"}``."""
     # load_state_dict moves weights and optimizer moments onto the model's device
     state = load_checked(Path(folder) / name, "training checkpoint")

@@ -1,4 +1,5 @@
 """What every command shares: readable logging, and user errors as one line with exit status 2."""
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,9 @@ def user_path(path: str, what: str, *, output: bool = False) -> str:
     if base:
         return str(Path(base) / path)
     if output and RAY_WORKING_DIR_MARK in str(Path.cwd()):
-        raise ConfigError(f"{what} {path!r}: a relative path here would land in Ray's temporary copy of the "
-                          f"working dir and vanish; give an absolute path or shared storage, set {BASE_DIR_ENV}, "
-                          "or submit with launch/submit.sh")
+        raise ConfigError(
+            f"{what} {path!r}: a relative path here would land in Ray's temporary copy of the "
+            f"working dir and vanish; give an absolute path or shared storage, set {BASE_DIR_ENV}, "
+            "or submit with launch/submit.sh"
+        )
     return path

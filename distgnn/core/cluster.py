@@ -20,8 +20,10 @@ def start_ray(address: str = "", *, num_cpus: int | None = None, verbose: bool =
     t0 = time.perf_counter()
     package_root = str(Path(__file__).resolve().parents[2])
     env = {"PYTHONPATH": package_root}
-    kwargs: dict[str, Any] = {"logging_level": logging.INFO if verbose else logging.ERROR,
-                              "runtime_env": {"env_vars": env}}
+    kwargs: dict[str, Any] = {
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        "runtime_env": {"env_vars": env},
+    }
     if not (address or os.environ.get("RAY_ADDRESS")):
         # the dashboard stays on: Ray Train's state queries need it (without it, a warning every few s)
         kwargs.update(num_cpus=num_cpus)

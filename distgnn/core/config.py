@@ -4,6 +4,7 @@ Every field of a config dataclass becomes a command-line flag (``--section.field
 lists every option with its default and help text. Precedence: defaults < YAML file < flags.
 Unknown keys and wrong types are rejected with a :class:`ConfigError` naming the key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,120 +64,198 @@ class SyntheticConfig:
 class PrepareConfig:
     """How raw interactions become a graph directory."""
 
-    input: str = opt("", "input path: a CSV/Parquet file, a MovieLens file or folder, a LightGCN folder "
-                         "(train.txt/test.txt); empty = the synthetic generator")
-    format: str = opt("auto", "input format", choices=("auto", "csv", "parquet", "ml-100k", "ml-1m",
-                                                       "ml-latest", "lightgcn", "synthetic"))
-    output: str = opt("data/synthetic", "graph directory to write, under a temporary name renamed when "
-                                        "complete; an existing folder is replaced only if it is a graph "
-                                        "directory distgnn wrote. Refused when it is the current folder or "
-                                        "one above it, holds the input, or is a file")
-    overwrite: bool = opt(False, "also replace an existing non-empty folder that distgnn did not write (never a "
-                                 "run or export folder, never one holding the input)")
-    user_col: str = opt("user", "user id column (csv/parquet). Ids are text, taken as written ('007' stays "
-                                "'007') without surrounding whitespace; other columns are ignored. An empty "
-                                "id, NaN or a missing-value marker (NA, null, ...) fails naming its row")
+    input: str = opt(
+        "",
+        "input path: a CSV/Parquet file, a MovieLens file or folder, a LightGCN folder "
+        "(train.txt/test.txt); empty = the synthetic generator",
+    )
+    format: str = opt(
+        "auto",
+        "input format",
+        choices=("auto", "csv", "parquet", "ml-100k", "ml-1m", "ml-latest", "lightgcn", "synthetic"),
+    )
+    output: str = opt(
+        "data/synthetic",
+        "graph directory to write, under a temporary name renamed when "
+        "complete; an existing folder is replaced only if it is a graph "
+        "directory distgnn wrote. Refused when it is the current folder or "
+        "one above it, holds the input, or is a file",
+    )
+    overwrite: bool = opt(
+        False,
+        "also replace an existing non-empty folder that distgnn did not write (never a "
+        "run or export folder, never one holding the input)",
+    )
+    user_col: str = opt(
+        "user",
+        "user id column (csv/parquet). Ids are text, taken as written ('007' stays "
+        "'007') without surrounding whitespace; other columns are ignored. An empty "
+        "id, NaN or a missing-value marker (NA, null, ...) fails naming its row",
+    )
     item_col: str = opt("item", "item id column (csv/parquet); ids as for user_col")
-    time_col: str = opt("", "timestamp column, empty if none (csv/parquet): whole numbers in any unit "
-                            "(negative ones too; they only order events) or dates/times (whole seconds); "
-                            "fractions and values beyond int64 fail")
+    time_col: str = opt(
+        "",
+        "timestamp column, empty if none (csv/parquet): whole numbers in any unit "
+        "(negative ones too; they only order events) or dates/times (whole seconds); "
+        "fractions and values beyond int64 fail",
+    )
     rating_col: str = opt("", "rating column, empty if none (csv/parquet); NaN or infinite ratings fail")
     event_col: str = opt("", "event-type column such as click/buy, empty if none (csv/parquet)")
-    keep_events: str = opt("", "comma-separated event types kept as interactions; empty keeps all. Users "
-                               "and items left with no interaction are absent from the graph; if no row "
-                               "is left, it fails")
-    csv_header: bool = opt(True, "whether a CSV input has a header row (without one, columns are "
-                                 "named f0, f1, f2, ... and the *_col options use those names)")
-    delimiter: str = opt("auto", "CSV field separator: one character, tab, or auto (tab for .tsv files, "
-                                 "comma otherwise)")
-    min_rating: float = opt(float("-inf"), "keep only interactions with rating >= this (implicit feedback); "
-                                           "needs a rating column (rating_col for csv/parquet). Users and "
-                                           "items left with no interaction are absent from the graph; if "
-                                           "nothing is left, it fails")
-    duplicates: str = opt("first", "policy for repeated (user, item) pairs: keep the first (earliest), "
-                                   "the last, or fail", choices=("first", "last", "error"))
-    split: str = opt("random", "how to split: random per user, temporal per user (latest interactions "
-                               "held out), leave-one-out (one val and one test item per user, latest by "
-                               "time or file order), or the dataset's own split",
-                     choices=("random", "temporal", "leave_one_out", "given"))
-    val_fraction: float = opt(0.1, "fraction of each user's interactions for validation (random/temporal;"
-                                   " with 'given', carved at random from the given training part)")
+    keep_events: str = opt(
+        "",
+        "comma-separated event types kept as interactions; empty keeps all. Users "
+        "and items left with no interaction are absent from the graph; if no row "
+        "is left, it fails",
+    )
+    csv_header: bool = opt(
+        True,
+        "whether a CSV input has a header row (without one, columns are "
+        "named f0, f1, f2, ... and the *_col options use those names)",
+    )
+    delimiter: str = opt(
+        "auto", "CSV field separator: one character, tab, or auto (tab for .tsv files, comma otherwise)"
+    )
+    min_rating: float = opt(
+        float("-inf"),
+        "keep only interactions with rating >= this (implicit feedback); "
+        "needs a rating column (rating_col for csv/parquet). Users and "
+        "items left with no interaction are absent from the graph; if "
+        "nothing is left, it fails",
+    )
+    duplicates: str = opt(
+        "first",
+        "policy for repeated (user, item) pairs: keep the first (earliest), the last, or fail",
+        choices=("first", "last", "error"),
+    )
+    split: str = opt(
+        "random",
+        "how to split: random per user, temporal per user (latest interactions "
+        "held out), leave-one-out (one val and one test item per user, latest by "
+        "time or file order), or the dataset's own split",
+        choices=("random", "temporal", "leave_one_out", "given"),
+    )
+    val_fraction: float = opt(
+        0.1,
+        "fraction of each user's interactions for validation (random/temporal;"
+        " with 'given', carved at random from the given training part)",
+    )
     test_fraction: float = opt(0.1, "fraction of each user's interactions for test (random/temporal)")
     seed: int = opt(0, "random seed of the split (and of the partitioning)")
-    partitions: int = opt(0, "also split the graph into this many parts, one per worker, written to "
-                             "OUTPUT/parts/ (see python -m distgnn.partition); 0 or 1 = no parts")
-    partition_method: str = opt("metis", "how nodes are assigned to parts: metis (fewest edges between "
-                                         "parts, balanced by edges; needs pymetis), random, or hash of "
-                                         "the node id", choices=("metis", "random", "hash"))
+    partitions: int = opt(
+        0,
+        "also split the graph into this many parts, one per worker, written to "
+        "OUTPUT/parts/ (see python -m distgnn.partition); 0 or 1 = no parts",
+    )
+    partition_method: str = opt(
+        "metis",
+        "how nodes are assigned to parts: metis (fewest edges between "
+        "parts, balanced by edges; needs pymetis), random, or hash of "
+        "the node id",
+        choices=("metis", "random", "hash"),
+    )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = opt("lightgcn", "model: LightGCN, GraphSAGE-style bipartite model, or matrix factorisation",
-                    choices=("lightgcn", "sage", "mf"))
+    name: str = opt(
+        "lightgcn",
+        "model: LightGCN, GraphSAGE-style bipartite model, or matrix factorisation",
+        choices=("lightgcn", "sage", "mf"),
+    )
     dim: int = opt(64, "embedding dimension")
     num_layers: int = opt(3, "message-passing layers (ignored by mf)")
     use_features: bool = opt(True, "sage: feed the graph's node features, when it has them")
-    item_bias: bool = opt(False, "softmax: learn one score offset per item, added to its logits. Bounded "
-                                 "cosine scores cannot say 'popular with everyone'; the offset can. "
-                                 "Exported vectors get one more column (user 1, item temperature * "
-                                 "offset) so that inner product ranks as the model does")
+    item_bias: bool = opt(
+        False,
+        "softmax: learn one score offset per item, added to its logits. Bounded "
+        "cosine scores cannot say 'popular with everyone'; the offset can. "
+        "Exported vectors get one more column (user 1, item temperature * "
+        "offset) so that inner product ranks as the model does",
+    )
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     num_neighbors: tuple[int, ...] = opt((10, 10, 10), "neighbors sampled per hop (one per layer; -1 = all)")
-    backend: str = opt("auto", "neighbor sampler: distgnn's own, PyG's (needs pyg-lib or torch-sparse), "
-                               "or auto (PyG's only when pyg-lib is installed)",
-                       choices=("auto", "distgnn", "pyg"))
+    backend: str = opt(
+        "auto",
+        "neighbor sampler: distgnn's own, PyG's (needs pyg-lib or torch-sparse), "
+        "or auto (PyG's only when pyg-lib is installed)",
+        choices=("auto", "distgnn", "pyg"),
+    )
     replace: bool = opt(False, "sample neighbors with replacement")
-    num_workers: int = opt(0, "loader processes that sample the next batches while the current step runs "
-                              "(PyG's loader over torch DataLoader workers; pinned memory on GPU); 0 = sample "
-                              "in the training process. Worth it only with a spare core per training worker. "
-                              "Not with cluster.partitioned: its sampling is a collective of all workers",
-                           minimum=0)
+    num_workers: int = opt(
+        0,
+        "loader processes that sample the next batches while the current step runs "
+        "(PyG's loader over torch DataLoader workers; pinned memory on GPU); 0 = sample "
+        "in the training process. Worth it only with a spare core per training worker. "
+        "Not with cluster.partitioned: its sampling is a collective of all workers",
+        minimum=0,
+    )
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    loss: str = opt("softmax", "bpr, or sampled softmax over in-batch + uniform negatives",
-                    choices=("bpr", "softmax"))
-    num_negatives: int = opt(1, "uniform negative items per positive, on top of the in-batch ones "
-                                "(bpr uses the first); each adds a batch's worth of softmax columns")
+    loss: str = opt("softmax", "bpr, or sampled softmax over in-batch + uniform negatives", choices=("bpr", "softmax"))
+    num_negatives: int = opt(
+        1,
+        "uniform negative items per positive, on top of the in-batch ones "
+        "(bpr uses the first); each adds a batch's worth of softmax columns",
+    )
     temperature: float = opt(0.1, "softmax temperature on cosine scores")
-    log_q: bool = opt(True, "softmax: subtract the log of each candidate's chance of being in the batch "
-                            "from its logit (in-batch items come in proportion to popularity), so the "
-                            "sampled loss estimates the full softmax; false = popular items are pushed "
-                            "down harder")
-    shared_negatives: bool = opt(True, "softmax: every worker's candidate items are negatives for every "
-                                       "worker's users (gradients flow back to their owners), so the loss "
-                                       "is the one of a single process with the global batch, whatever "
-                                       "the number of workers; false = each worker's own batch only")
-    hard_negative_pool: int = opt(1, "mine hard negatives: each uniform negative becomes the best-scoring "
-                                     "of this many uniform draws, scored by the exact model of the "
-                                     "epoch's start (dynamic negative sampling); 1 = plain uniform. The "
-                                     "log-Q correction still counts negatives as uniform", minimum=1)
-    contrastive_weight: float = opt(0.0, "lightgcn: weight of a SimGCL contrastive term (two noisy views of "
-                                         "the batch's users and items, InfoNCE between them); 0 = off")
+    log_q: bool = opt(
+        True,
+        "softmax: subtract the log of each candidate's chance of being in the batch "
+        "from its logit (in-batch items come in proportion to popularity), so the "
+        "sampled loss estimates the full softmax; false = popular items are pushed "
+        "down harder",
+    )
+    shared_negatives: bool = opt(
+        True,
+        "softmax: every worker's candidate items are negatives for every "
+        "worker's users (gradients flow back to their owners), so the loss "
+        "is the one of a single process with the global batch, whatever "
+        "the number of workers; false = each worker's own batch only",
+    )
+    hard_negative_pool: int = opt(
+        1,
+        "mine hard negatives: each uniform negative becomes the best-scoring "
+        "of this many uniform draws, scored by the exact model of the "
+        "epoch's start (dynamic negative sampling); 1 = plain uniform. The "
+        "log-Q correction still counts negatives as uniform",
+        minimum=1,
+    )
+    contrastive_weight: float = opt(
+        0.0,
+        "lightgcn: weight of a SimGCL contrastive term (two noisy views of "
+        "the batch's users and items, InfoNCE between them); 0 = off",
+    )
     contrastive_noise: float = opt(0.1, "SimGCL: norm of the noise added to each layer's output")
     contrastive_temperature: float = opt(0.2, "SimGCL: temperature of the InfoNCE between the views")
     batch_size: int = opt(2048, "training edges per step per worker")
-    edge_sampling: str = opt("shuffle", "how an epoch draws training edges: shuffle (each edge once, so a "
-                                        "user's weight grows with their degree) or user_uniform (a "
-                                        "uniform user, then one of their edges, as many draws as edges: "
-                                        "every user weighs the same, as in the per-user metrics)",
-                             choices=("shuffle", "user_uniform"))
+    edge_sampling: str = opt(
+        "shuffle",
+        "how an epoch draws training edges: shuffle (each edge once, so a "
+        "user's weight grows with their degree) or user_uniform (a "
+        "uniform user, then one of their edges, as many draws as edges: "
+        "every user weighs the same, as in the per-user metrics)",
+        choices=("shuffle", "user_uniform"),
+    )
     epochs: int = opt(20, "maximum epochs")
     lr: float = opt(0.01, "learning rate (Adam; SparseAdam for embedding tables)")
-    lr_schedule: str = opt("constant", "learning rate over training: constant, or cosine decay from lr "
-                                       "to lr_final_fraction * lr at the end of epoch optim.epochs",
-                           choices=("constant", "cosine"))
+    lr_schedule: str = opt(
+        "constant",
+        "learning rate over training: constant, or cosine decay from lr "
+        "to lr_final_fraction * lr at the end of epoch optim.epochs",
+        choices=("constant", "cosine"),
+    )
     lr_final_fraction: float = opt(0.0, "cosine schedule: the last step's learning rate as a fraction of lr")
     l2: float = opt(1e-4, "L2 penalty on the embeddings of the batch (LightGCN's regulariser)")
     max_steps_per_epoch: int = opt(0, "cap on steps per epoch, 0 = a full pass over the worker's edges")
-    time_budget_min: float = opt(0.0, "stop before an epoch that would end past this many minutes of "
-                                      "training and evaluation, 0 = no budget")
+    time_budget_min: float = opt(
+        0.0, "stop before an epoch that would end past this many minutes of training and evaluation, 0 = no budget"
+    )
 
 
 @dataclass(frozen=True)
@@ -186,42 +265,56 @@ class EvalConfig:
     patience: int = opt(5, "epochs without improvement before stopping early, 0 = never")
     every: int = opt(1, "validate every this many epochs")
     batch_size: int = opt(1024, "users scored at once in full-ranking evaluation")
-    max_users: int = opt(0, "evaluate a fixed random sample of this many users (those of them with "
-                            "held-out items), 0 = every user; for graphs too big to rank every user")
+    max_users: int = opt(
+        0,
+        "evaluate a fixed random sample of this many users (those of them with "
+        "held-out items), 0 = every user; for graphs too big to rank every user",
+    )
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
     num_workers: int = opt(2, "Ray Train workers (DDP ranks)")
-    use_gpu: str = opt("auto", "use GPUs: auto (when Ray sees one), true or false",
-                       choices=("auto", "true", "false"))
+    use_gpu: str = opt("auto", "use GPUs: auto (when Ray sees one), true or false", choices=("auto", "true", "false"))
     cpus_per_worker: float = opt(1.0, "CPUs Ray reserves per worker")
     threads_per_worker: int = opt(1, "torch threads in each worker")
     max_failures: int = opt(1, "worker failures survived by restarting from the last checkpoint")
     address: str = opt("", "Ray address; empty = the cluster of 'ray job submit', or a local one")
-    partitioned: bool = opt(False, "each worker holds only its part of the graph and its rows of the "
-                                   "embedding table; neighbors in other parts are sampled by their owner "
-                                   "(needs GRAPH/parts with cluster.num_workers parts: python -m "
-                                   "distgnn.partition). LightGCN and MF, with the item bias and the SimGCL "
-                                   "term; refused: sage (its dense weights would need averaging next to the "
-                                   "shards), optim.hard_negative_pool (mining scores every item on every "
-                                   "worker), sampler.num_workers (its sampling is a collective)")
+    partitioned: bool = opt(
+        False,
+        "each worker holds only its part of the graph and its rows of the "
+        "embedding table; neighbors in other parts are sampled by their owner "
+        "(needs GRAPH/parts with cluster.num_workers parts: python -m "
+        "distgnn.partition). LightGCN and MF, with the item bias and the SimGCL "
+        "term; refused: sage (its dense weights would need averaging next to the "
+        "shards), optim.hard_negative_pool (mining scores every item on every "
+        "worker), sampler.num_workers (its sampling is a collective)",
+    )
 
 
 @dataclass(frozen=True)
 class RunConfig:
     output_dir: str = opt("runs", "folder holding run directories")
-    storage: str = opt("", "shared storage for a cluster: a URI (s3://bucket/runs, gs://..., hdfs://...) or a "
-                           "path every node sees. Ray Train keeps its checkpoints in STORAGE/NAME/ray (so a "
-                           "resumed run finds them from any node) and the finished run directory is copied "
-                           "to STORAGE/NAME; export --run STORAGE/NAME reads it back. Empty = local only")
+    storage: str = opt(
+        "",
+        "shared storage for a cluster: a URI (s3://bucket/runs, gs://..., hdfs://...) or a "
+        "path every node sees. Ray Train keeps its checkpoints in STORAGE/NAME/ray (so a "
+        "resumed run finds them from any node) and the finished run directory is copied "
+        "to STORAGE/NAME; export --run STORAGE/NAME reads it back. Empty = local only",
+    )
     name: str = opt("", "run name; empty = a timestamped name. Re-using a name resumes that run")
     seed: int = opt(0, "seed for model initialisation, shuffling and sampling")
     crash_at_epoch: int = opt(-1, "testing aid: worker 0 exits abruptly once, in this epoch")
-    profile: bool = opt(False, "measure waiting for the slowest worker apart from the gradient exchange in "
-                               "each epoch's step_ms split (one extra barrier per step)")
-    verbose: bool = opt(False, "also show Ray's own lines (a line per report and per checkpoint, internal "
-                               "warnings); off: what data, how many workers, a line per epoch, the results")
+    profile: bool = opt(
+        False,
+        "measure waiting for the slowest worker apart from the gradient exchange in "
+        "each epoch's step_ms split (one extra barrier per step)",
+    )
+    verbose: bool = opt(
+        False,
+        "also show Ray's own lines (a line per report and per checkpoint, internal "
+        "warnings); off: what data, how many workers, a line per epoch, the results",
+    )
 
 
 @dataclass(frozen=True)
@@ -382,9 +475,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
         choices = f.metadata.get("choices")
         if choices:
             help_text += f" {{{', '.join(choices)}}}"
-        parser.add_argument(f"--{prefix}{f.name}", dest=f"{prefix}{f.name}", default=None,
-                            metavar="A,B,..." if typing.get_origin(tp) is tuple else tp.__name__.upper(),
-                            help=f"{help_text} (default: {shown})")
+        parser.add_argument(
+            f"--{prefix}{f.name}",
+            dest=f"{prefix}{f.name}",
+            default=None,
+            metavar="A,B,..." if typing.get_origin(tp) is tuple else tp.__name__.upper(),
+            help=f"{help_text} (default: {shown})",
+        )
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -435,8 +532,8 @@ def _nest(dotted: dict[str, Any]) -> dict[str, Any]:
 
 def make_parser(cls: type, description: str, prog: str) -> argparse.ArgumentParser:
     parser = CommandParser(prog=prog, description=description)
-    parser.add_argument("--config", metavar="YAML", default=None,
-                        help="YAML file of config sections (see configs/); flags override it")
+    parser.add_argument(
+        "--config", metavar="YAML", default=None, help="YAML file of config sections (see configs/); flags override it"
+    )
     add_config_arguments(parser, cls)
     return parser
-

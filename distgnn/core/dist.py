@@ -1,4 +1,5 @@
 """Distributed helpers: rank, world size, reductions. In a single process they do nothing."""
+
 from __future__ import annotations
 
 import torch

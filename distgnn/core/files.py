@@ -32,8 +32,12 @@ MARKER = ".distgnn.json"
 KINDS = ("graph", "export", "run", "parts", "tune")
 # Folders written before markers existed are recognised by the file only that kind writes.
 # Parts first: a parts folder also holds a meta.json.
-_LEGACY_SIGNATURES = {"parts": "node_part.npy", "graph": "meta.json", "export": "manifest.json",
-                      "run": "environment.json"}
+_LEGACY_SIGNATURES = {
+    "parts": "node_part.npy",
+    "graph": "meta.json",
+    "export": "manifest.json",
+    "run": "environment.json",
+}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -58,8 +62,10 @@ def check_plain_name(name: str, what: str) -> str:
     """A name used as one path component (a run name): letters, digits, ``._-``, not starting with
     a dot, so that ``../../x`` or ``/etc/x`` can never escape the folder it is joined to."""
     if not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
-        raise DataError(f"{what}: expected a plain name (letters, digits, '.', '_', '-'; not starting with "
-                        f"'.' or '-'; at most 128 characters), got {name!r}")
+        raise DataError(
+            f"{what}: expected a plain name (letters, digits, '.', '_', '-'; not starting with "
+            f"'.' or '-'; at most 128 characters), got {name!r}"
+        )
     return name
 
 
@@ -109,19 +115,22 @@ def check_replaceable(final: Path, kind: str, *, overwrite: bool = False) -> Non
         return
     resolved, cwd = final.resolve(), Path.cwd().resolve()
     if cwd == resolved or resolved in cwd.parents:
-        raise DataError(f"{final}: is the current folder or one of its parents; refusing to replace it "
-                        f"with a {kind} (name a new folder)")
+        raise DataError(
+            f"{final}: is the current folder or one of its parents; refusing to replace it "
+            f"with a {kind} (name a new folder)"
+        )
     if not final.is_dir():
         raise DataError(f"{final}: exists and is a file; expected a folder to write the {kind} to")
     found = folder_kind(final)
     if found == kind or not any(final.iterdir()):
         return
     if found is not None:
-        raise DataError(f"{final}: holds a distgnn {found}, not a {kind}; refusing to replace it "
-                        "(name another folder)")
+        raise DataError(f"{final}: holds a distgnn {found}, not a {kind}; refusing to replace it (name another folder)")
     if not overwrite:
-        raise DataError(f"{final}: exists, is not empty and was not written by distgnn; refusing to "
-                        f"replace it with a {kind} (name another folder, or pass --overwrite)")
+        raise DataError(
+            f"{final}: exists, is not empty and was not written by distgnn; refusing to "
+            f"replace it with a {kind} (name another folder, or pass --overwrite)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """The run directory: resolved config, environment, metrics per epoch, a plot and a results table."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,9 @@ PLOT_FILE = "curves.png"
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -43,10 +45,18 @@ def environment() -> dict[str, str]:
     import torch
     import torch_geometric
 
-    return {"distgnn": VERSION, "git_commit": git_commit(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_geometric": torch_geometric.__version__, "ray": ray.__version__,
-            "faiss": faiss.__version__, "pyarrow": pyarrow.__version__, "platform": platform.platform(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "distgnn": VERSION,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "ray": ray.__version__,
+        "faiss": faiss.__version__,
+        "pyarrow": pyarrow.__version__,
+        "platform": platform.platform(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def create_run_dir(config: Any, output_dir: str, name: str) -> Path:
@@ -111,6 +121,7 @@ def results_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     width = max(len(r) for r in rows) + 2
     lines = ["".ljust(width) + "".join(c.rjust(12) for c in columns)]
     for name, values in rows.items():
-        lines.append(name.ljust(width) + "".join(
-            (f"{values[c]:.4f}" if c in values else "-").rjust(12) for c in columns))
+        lines.append(
+            name.ljust(width) + "".join((f"{values[c]:.4f}" if c in values else "-").rjust(12) for c in columns)
+        )
     return "\n".join(lines)

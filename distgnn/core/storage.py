@@ -43,8 +43,12 @@ def upload(local: Path, uri: str) -> str:
             fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             pafs.copy_files(str(path), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
         if (Path(local) / MARKER).is_file():
-            pafs.copy_files(str(Path(local) / MARKER), f"{root}/{MARKER}",
-                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            pafs.copy_files(
+                str(Path(local) / MARKER),
+                f"{root}/{MARKER}",
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=fs,
+            )
     except OSError as err:
         raise DataError(f"{uri}: cannot write ({str(err).splitlines()[0]})") from None
     return uri
@@ -59,12 +63,13 @@ def download(uri: str, *, skip: tuple[str, ...] = ()) -> Path:
             raise DataError(f"{uri}: not a complete distgnn folder (no {MARKER}, which is uploaded last)")
         local = Path(tempfile.mkdtemp(prefix="distgnn-"))
         for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
-            relative = info.path[len(root.rstrip("/")) + 1:]
+            relative = info.path[len(root.rstrip("/")) + 1 :]
             if info.type != pafs.FileType.File or relative.split("/", 1)[0] in skip:
                 continue
             (local / relative).parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(info.path, str(local / relative), source_filesystem=fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                info.path, str(local / relative), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+            )
     except OSError as err:
         raise DataError(f"{uri}: cannot read ({str(err).splitlines()[0]})") from None
     return local

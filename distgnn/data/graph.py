@@ -5,6 +5,7 @@ Node numbering is homogeneous: users are ``0 .. num_users-1`` and items are
 directions of the bipartite training graph (user rows list items, item rows list users), each row
 sorted by neighbor id.
 """
+
 from __future__ import annotations
 
 import json
@@ -103,7 +104,7 @@ class Graph:
         if fu:
             x[: self.num_users, :fu] = self.user_features
         if fi:
-            x[self.num_users:, fu:] = self.item_features
+            x[self.num_users :, fu:] = self.item_features
         return x
 
 
@@ -147,8 +148,7 @@ def load_graph(path: str | Path, *, verify: bool = False) -> Graph:
     indptr = _load_npy(path / "graph" / "indptr.npy")
     indices = _load_npy(path / "graph" / "indices.npy")
     if indptr.numel() != num_users + num_items + 1:
-        raise DataError(f"{path}/graph/indptr.npy: expected {num_users + num_items + 1} entries, "
-                        f"got {indptr.numel()}")
+        raise DataError(f"{path}/graph/indptr.npy: expected {num_users + num_items + 1} entries, got {indptr.numel()}")
     user_rows = int(indptr[num_users])
     train = ItemSets(indptr[: num_users + 1], indices[:user_rows] - num_users)
     sets = {}
@@ -159,9 +159,19 @@ def load_graph(path: str | Path, *, verify: bool = False) -> Graph:
     for kind in ("user", "item"):
         file = path / "features" / f"{kind}.npy"
         features[kind] = _load_npy(file) if file.is_file() else None
-    return Graph(path=path, meta=meta, num_users=num_users, num_items=num_items, indptr=indptr,
-                 indices=indices, train=train, val=sets["val"], test=sets["test"],
-                 user_features=features["user"], item_features=features["item"])
+    return Graph(
+        path=path,
+        meta=meta,
+        num_users=num_users,
+        num_items=num_items,
+        indptr=indptr,
+        indices=indices,
+        train=train,
+        val=sets["val"],
+        test=sets["test"],
+        user_features=features["user"],
+        item_features=features["item"],
+    )
 
 
 def write_meta(folder: Path, meta: dict) -> None:

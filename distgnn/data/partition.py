@@ -18,6 +18,7 @@ feature rows, and the training edges whose *user* it owns. Written inside the gr
 Methods: ``metis`` minimises the edge cut (needs ``pip install distgnn[partition]``), ``random``
 assigns nodes uniformly at random, ``hash`` derives the part from the node id alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,21 +76,24 @@ def _metis_partition(indptr: np.ndarray, indices: np.ndarray, num_parts: int, se
     try:
         import pymetis
     except ImportError:
-        raise ConfigError("partition method 'metis' needs pymetis: pip install distgnn[partition] "
-                          "(or use --method random / hash)") from None
+        raise ConfigError(
+            "partition method 'metis' needs pymetis: pip install distgnn[partition] (or use --method random / hash)"
+        ) from None
     # METIS balances the sum of vertex weights per part, by default the node count. A worker's cost
     # (sampling, memory) follows the edges it owns, and in power-law graphs a few nodes hold most of
     # them, so weight every node by degree + 1: parts get similar numbers of CSR entries, and the +1
     # keeps isolated nodes (items seen only in val/test) weighted for their feature/embedding rows.
     vweights = (np.diff(indptr) + 1).astype(np.int64)
-    adjacency = pymetis.CSRAdjacency(np.ascontiguousarray(indptr, dtype=np.int64),
-                                     np.ascontiguousarray(indices, dtype=np.int64))
+    adjacency = pymetis.CSRAdjacency(
+        np.ascontiguousarray(indptr, dtype=np.int64), np.ascontiguousarray(indices, dtype=np.int64)
+    )
     result = pymetis.part_graph(num_parts, adjacency, vweights=vweights, options=pymetis.Options(seed=seed))
     return np.asarray(result.vertex_part, dtype=np.int64)
 
 
-def partition_nodes(indptr: Tensor | np.ndarray, indices: Tensor | np.ndarray, num_parts: int, *,
-                    method: str, seed: int = 0) -> Tensor:
+def partition_nodes(
+    indptr: Tensor | np.ndarray, indices: Tensor | np.ndarray, num_parts: int, *, method: str, seed: int = 0
+) -> Tensor:
     """Assign every node of a graph to one of ``num_parts`` parts.
 
     Args:
@@ -108,8 +112,9 @@ def partition_nodes(indptr: Tensor | np.ndarray, indices: Tensor | np.ndarray, n
     if method not in METHODS:
         raise ConfigError(f"config key 'partition_method': expected one of {', '.join(METHODS)}, got {method!r}")
     if not 1 <= num_parts <= max(num_nodes, 1):
-        raise ConfigError(f"config key 'partitions': expected 1..{num_nodes} parts for a graph of "
-                          f"{num_nodes} nodes, got {num_parts}")
+        raise ConfigError(
+            f"config key 'partitions': expected 1..{num_nodes} parts for a graph of {num_nodes} nodes, got {num_parts}"
+        )
     if num_parts == 1:
         part = np.zeros(num_nodes, dtype=np.int64)
     elif method == "metis":
@@ -121,8 +126,14 @@ def partition_nodes(indptr: Tensor | np.ndarray, indices: Tensor | np.ndarray, n
     return torch.from_numpy(part)
 
 
-def partition_stats(indptr: Tensor | np.ndarray, indices: Tensor | np.ndarray, part: Tensor | np.ndarray,
-                    num_parts: int, *, num_users: int) -> dict:
+def partition_stats(
+    indptr: Tensor | np.ndarray,
+    indices: Tensor | np.ndarray,
+    part: Tensor | np.ndarray,
+    num_parts: int,
+    *,
+    num_users: int,
+) -> dict:
     """Sizes and quality of a partition, as a JSON-ready dict.
 
     Args:
@@ -170,8 +181,9 @@ def partition_stats(indptr: Tensor | np.ndarray, indices: Tensor | np.ndarray, p
     }
 
 
-def feature_rows(nodes: np.ndarray, num_users: int, user_features: np.ndarray | None,
-                 item_features: np.ndarray | None) -> np.ndarray | None:
+def feature_rows(
+    nodes: np.ndarray, num_users: int, user_features: np.ndarray | None, item_features: np.ndarray | None
+) -> np.ndarray | None:
     """``[n, Fu + Fi]`` float32 feature rows of the sorted node ids ``nodes``, in the block layout of
     ``Graph.node_features`` (user features in the first Fu columns, item features in the last
     Fi, zeros elsewhere), built without materialising all N rows. None when the graph has none."""
@@ -194,15 +206,21 @@ def feature_rows(nodes: np.ndarray, num_users: int, user_features: np.ndarray | 
 
 def log_partition_stats(stats: dict, *, method: str) -> None:
     """One log line each: per-part counts, edge cut, balance."""
-    per_part = "; ".join(f"{p}: {n:,} nodes ({u:,} users, {i:,} items), {e:,} edges, {h:,} halo"
-                         for p, (n, u, i, e, h) in enumerate(zip(stats["num_nodes"], stats["num_users"],
-                                                                 stats["num_items"], stats["num_edges"],
-                                                                 stats["num_halo_nodes"])))
+    per_part = "; ".join(
+        f"{p}: {n:,} nodes ({u:,} users, {i:,} items), {e:,} edges, {h:,} halo"
+        for p, (n, u, i, e, h) in enumerate(
+            zip(stats["num_nodes"], stats["num_users"], stats["num_items"], stats["num_edges"], stats["num_halo_nodes"])
+        )
+    )
     log.info("%s partition into %d parts: %s", method, stats["num_parts"], per_part)
-    log.info("edge cut: %.1f%% of training edges (%s) cross parts", 100 * stats["edge_cut"],
-             f"{stats['num_cut_edges']:,}")
-    log.info("balance: largest part holds %.3fx the mean edges, %.3fx the mean nodes",
-             stats["balance"], stats["node_balance"])
+    log.info(
+        "edge cut: %.1f%% of training edges (%s) cross parts", 100 * stats["edge_cut"], f"{stats['num_cut_edges']:,}"
+    )
+    log.info(
+        "balance: largest part holds %.3fx the mean edges, %.3fx the mean nodes",
+        stats["balance"],
+        stats["node_balance"],
+    )
 
 
 def write_partitions(graph_dir: str | Path, num_parts: int, *, method: str = "metis", seed: int = 0) -> dict:
@@ -237,7 +255,7 @@ def write_partitions(graph_dir: str | Path, num_parts: int, *, method: str = "me
         for p in range(num_parts):
             folder = tmp / part_folder_name(p)
             folder.mkdir()
-            nodes = order[bounds[p]:bounds[p + 1]].astype(np.int64)
+            nodes = order[bounds[p] : bounds[p + 1]].astype(np.int64)
             _, position = csr_row_positions(graph.indptr, torch.from_numpy(nodes))
             part_indices = graph.indices.index_select(0, position).numpy()
             part_indptr = np.zeros(nodes.size + 1, dtype=np.int64)
@@ -253,8 +271,17 @@ def write_partitions(graph_dir: str | Path, num_parts: int, *, method: str = "me
             x = feature_rows(nodes, graph.num_users, user_features, item_features)
             if x is not None:
                 np.save(folder / "features.npy", x)
-        write_meta(tmp, {"method": method, "num_parts": num_parts, "seed": seed, "num_users": graph.num_users,
-                         "num_items": graph.num_items, "stats": stats})
+        write_meta(
+            tmp,
+            {
+                "method": method,
+                "num_parts": num_parts,
+                "seed": seed,
+                "num_users": graph.num_users,
+                "num_items": graph.num_items,
+                "stats": stats,
+            },
+        )
 
     top = {k: v for k, v in graph.meta.items() if k != "checksums"}
     top["partitions"] = {"num_parts": num_parts, "method": method, "seed": seed}
@@ -303,8 +330,10 @@ def read_parts_meta(graph_dir: str | Path, num_parts: int | None = None) -> dict
     parts_dir = graph_dir / PARTS_DIR
     meta_file = parts_dir / "meta.json"
     if not parts_dir.is_dir():
-        raise DataError(f"{graph_dir}: no {PARTS_DIR}/ folder; partition it first with "
-                        f"python -m distgnn.partition --graph {graph_dir} --partitions P")
+        raise DataError(
+            f"{graph_dir}: no {PARTS_DIR}/ folder; partition it first with "
+            f"python -m distgnn.partition --graph {graph_dir} --partitions P"
+        )
     if not meta_file.is_file():
         raise DataError(f"{parts_dir}: no meta.json; the folder is incomplete, re-run python -m distgnn.partition")
     try:
@@ -313,9 +342,11 @@ def read_parts_meta(graph_dir: str | Path, num_parts: int | None = None) -> dict
         raise DataError(f"{meta_file}: not valid JSON ({err})") from None
     stored = int(meta["num_parts"])
     if num_parts is not None and num_parts != stored:
-        raise DataError(f"{parts_dir}: holds {stored} partitions, but {num_parts} were requested (one per "
-                        f"worker); re-partition with python -m distgnn.partition --graph {graph_dir} "
-                        f"--partitions {num_parts}")
+        raise DataError(
+            f"{parts_dir}: holds {stored} partitions, but {num_parts} were requested (one per "
+            f"worker); re-partition with python -m distgnn.partition --graph {graph_dir} "
+            f"--partitions {num_parts}"
+        )
     return meta
 
 
@@ -327,15 +358,16 @@ def _verify_part(parts_dir: Path, meta: dict, part_id: int) -> None:
     folder = parts_dir / name
     if not folder.is_dir():
         raise DataError(f"{folder}: part folder missing ({stored} parts listed in {parts_dir / 'meta.json'})")
-    mine = {f: d for f, d in meta.get("checksums", {}).items()
-            if f == NODE_PART_FILE or f.startswith(name + "/")}
+    mine = {f: d for f, d in meta.get("checksums", {}).items() if f == NODE_PART_FILE or f.startswith(name + "/")}
     for file, digest in mine.items():
         path = parts_dir / file
         if not path.is_file():
             raise DataError(f"{path}: missing, but listed in {parts_dir / 'meta.json'}")
         if sha256_file(path) != digest:
-            raise DataError(f"{path}: checksum differs from {parts_dir / 'meta.json'}; the partition is "
-                            "damaged, re-run python -m distgnn.partition")
+            raise DataError(
+                f"{path}: checksum differs from {parts_dir / 'meta.json'}; the partition is "
+                "damaged, re-run python -m distgnn.partition"
+            )
 
 
 def verify_partitions(graph_dir: str | Path, num_parts: int) -> dict:
@@ -347,8 +379,9 @@ def verify_partitions(graph_dir: str | Path, num_parts: int) -> dict:
     return meta
 
 
-def load_partition(graph_dir: str | Path, part_id: int, *, num_parts: int | None = None,
-                   verify: bool = True) -> Partition:
+def load_partition(
+    graph_dir: str | Path, part_id: int, *, num_parts: int | None = None, verify: bool = True
+) -> Partition:
     """Load part ``part_id`` of ``graph_dir/parts``.
 
     Args:
@@ -364,13 +397,20 @@ def load_partition(graph_dir: str | Path, part_id: int, *, num_parts: int | None
         _verify_part(parts_dir, {**meta, "checksums": {}}, part_id)
     folder = parts_dir / part_folder_name(part_id)
     features = folder / "features.npy"
-    return Partition(path=folder, part_id=part_id, num_parts=int(meta["num_parts"]),
-                     num_users=int(meta["num_users"]), num_items=int(meta["num_items"]),
-                     nodes=_load_npy(folder / "nodes.npy"),
-                     indptr=_load_npy(folder / "indptr.npy"), indices=_load_npy(folder / "indices.npy"),
-                     features=_load_npy(features) if features.is_file() else None,
-                     train_edges=_load_npy(folder / "train_edges.npy"),
-                     node_part=_load_npy(parts_dir / NODE_PART_FILE), meta=meta)
+    return Partition(
+        path=folder,
+        part_id=part_id,
+        num_parts=int(meta["num_parts"]),
+        num_users=int(meta["num_users"]),
+        num_items=int(meta["num_items"]),
+        nodes=_load_npy(folder / "nodes.npy"),
+        indptr=_load_npy(folder / "indptr.npy"),
+        indices=_load_npy(folder / "indices.npy"),
+        features=_load_npy(features) if features.is_file() else None,
+        train_edges=_load_npy(folder / "train_edges.npy"),
+        node_part=_load_npy(parts_dir / NODE_PART_FILE),
+        meta=meta,
+    )
 
 
 def global_to_local(partition: Partition, nodes: Tensor) -> Tensor:

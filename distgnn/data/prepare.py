@@ -24,6 +24,7 @@ filters (keep_events, min_rating) leave without interactions are absent, and not
 val or test split is logged as a warning saying why. The output folder may not be the current folder or
 above it, hold an input, or sit below a file (:func:`check_output_path`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,8 +73,26 @@ class Interactions:
 
 # What pandas, R and spreadsheets write for a missing value (pyarrow's CSV null markers) and Python's
 # str(None). As an id, such a value would silently merge every row with a missing id into one hub node.
-MISSING_ID_MARKERS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                      "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null", "None")
+MISSING_ID_MARKERS = (
+    "",
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "n/a",
+    "nan",
+    "null",
+    "None",
+)
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".lz4", ".zst", ".br")  # pyarrow decompresses these by name
 _SNIFF_BYTES = 1 << 16
 
@@ -102,6 +121,7 @@ def _casts(target: pa.DataType) -> Callable[[pa.ChunkedArray], bool]:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return False
         return True
+
     return ok
 
 
@@ -130,8 +150,9 @@ class ColumnSource:
 
     def bad_value(self, index: int, expected: str, got: str) -> DataError:
         row = int(self.rows[index]) if self.rows is not None else int(index)
-        return DataError(f"{self.path}: row {row + 1}: {self.role} column '{self.column}': expected {expected}, "
-                         f"got {got}")
+        return DataError(
+            f"{self.path}: row {row + 1}: {self.role} column '{self.column}': expected {expected}, got {got}"
+        )
 
     def bad_type(self, type_: pa.DataType, expected: str) -> DataError:
         return DataError(f"{self.path}: {self.role} column '{self.column}' has type {type_}, expected {expected}")
@@ -156,8 +177,9 @@ def _as_text(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedArray:
         except pa.ArrowInvalid:
             # decoding as latin-1 or with replacement characters would invent ids; the user re-encodes once
             bad = _first_failing_row(values, _casts(pa.string()))
-            raise where.bad_value(bad, "UTF-8 text (re-encode the file as UTF-8, e.g. with iconv)",
-                                  _short(values[bad].as_py())) from None
+            raise where.bad_value(
+                bad, "UTF-8 text (re-encode the file as UTF-8, e.g. with iconv)", _short(values[bad].as_py())
+            ) from None
     if pa.types.is_integer(type_) or pa.types.is_floating(type_):
         return pc.cast(values, pa.string())
     raise where.bad_type(type_, "text or integer ids")
@@ -196,15 +218,18 @@ def _timestamp_column(values: pa.ChunkedArray, where: ColumnSource) -> pa.Chunke
         # ties at random, deduplication by file order)
         tz = type_.tz if pa.types.is_timestamp(type_) else None
         return pc.cast(pc.cast(values, pa.timestamp("s", tz=tz), safe=False), pa.int64())
-    if not (pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_string(type_)
-            or pa.types.is_large_string(type_)):
+    if not (
+        pa.types.is_integer(type_)
+        or pa.types.is_floating(type_)
+        or pa.types.is_string(type_)
+        or pa.types.is_large_string(type_)
+    ):
         raise where.bad_type(type_, "integer or date/time timestamps")
     try:
         return pc.cast(values, pa.int64())
     except pa.ArrowInvalid:
         bad = _first_failing_row(values, _casts(pa.int64()))
-        raise where.bad_value(bad, "a whole-number timestamp within int64 range", _short(values[bad].as_py())) \
-            from None
+        raise where.bad_value(bad, "a whole-number timestamp within int64 range", _short(values[bad].as_py())) from None
 
 
 def _rating_column(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedArray:
@@ -254,8 +279,9 @@ def _require_file(path: Path, what: str) -> Path:
 # Readers
 
 
-def _read_delimited(path: Path, names: list[str], delimiter: str, what: str,
-                    types: dict[str, pa.DataType] | None = None) -> pa.Table:
+def _read_delimited(
+    path: Path, names: list[str], delimiter: str, what: str, types: dict[str, pa.DataType] | None = None
+) -> pa.Table:
     """Read a headerless delimited file with pyarrow; parse errors become DataError naming the file."""
     _require_file(path, what)
     try:
@@ -277,22 +303,32 @@ def _read_double_colon(path: Path, names: list[str], what: str) -> pa.Table:
     rows = [r for r in text.split("\n") if r]
     bad = next((i for i, r in enumerate(rows) if r.count("\t") != len(names) - 1), None)
     if bad is not None:
-        raise DataError(f"{path}: row {bad + 1}: expected {len(names)} '::'-separated fields "
-                        f"({', '.join(names)}), got {_short(rows[bad], 80)}")
+        raise DataError(
+            f"{path}: row {bad + 1}: expected {len(names)} '::'-separated fields "
+            f"({', '.join(names)}), got {_short(rows[bad], 80)}"
+        )
     cols = list(zip(*(r.split("\t") for r in rows)))
     return pa.table({n: pa.array(c) for n, c in zip(names, cols)})
 
 
-def _interaction_table(table: pa.Table, path: Path | str, user: str, item: str, timestamp: str = "",
-                       rating: str = "", rows: np.ndarray | None = None) -> pa.Table:
+def _interaction_table(
+    table: pa.Table,
+    path: Path | str,
+    user: str,
+    item: str,
+    timestamp: str = "",
+    rating: str = "",
+    rows: np.ndarray | None = None,
+) -> pa.Table:
     """Select and type the interaction columns; errors name the file, the data row and the column."""
     if table.num_rows == 0:
         raise DataError(f"{path}: no rows, expected interactions")
     roles = {"user": user, "item": item, "timestamp": timestamp, "rating": rating}
     _require_columns(path, table.column_names, roles)
     convert = {"user": _id_column, "item": _id_column, "timestamp": _timestamp_column, "rating": _rating_column}
-    return pa.table({role: convert[role](table[col], ColumnSource(path, role, col, rows))
-                     for role, col in roles.items() if col})
+    return pa.table(
+        {role: convert[role](table[col], ColumnSource(path, role, col, rows)) for role, col in roles.items() if col}
+    )
 
 
 def csv_delimiter(path: Path, delimiter: str) -> str:
@@ -301,7 +337,7 @@ def csv_delimiter(path: Path, delimiter: str) -> str:
         return "\t" if ".tsv" in path.suffixes else ","
     if delimiter in ("\\t", "tab"):
         return "\t"
-    if len(delimiter) != 1 or delimiter in "\"\n\r":
+    if len(delimiter) != 1 or delimiter in '"\n\r':
         raise ConfigError(f"config key 'delimiter': expected one character (or auto, tab), got {delimiter!r}")
     return delimiter
 
@@ -322,10 +358,13 @@ def _refuse_binary(path: Path) -> None:
         raise DataError(f"{path}: binary data (a NUL byte at byte {at}), expected UTF-8 CSV text{hint}")
 
 
-def _csv_options(cfg: PrepareConfig, delimiter: str, *, use_threads: bool = True,
-                 invalid_row_handler: Callable | None = None) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
-    return (pacsv.ReadOptions(autogenerate_column_names=not cfg.csv_header, use_threads=use_threads),
-            pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid_row_handler))
+def _csv_options(
+    cfg: PrepareConfig, delimiter: str, *, use_threads: bool = True, invalid_row_handler: Callable | None = None
+) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
+    return (
+        pacsv.ReadOptions(autogenerate_column_names=not cfg.csv_header, use_threads=use_threads),
+        pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid_row_handler),
+    )
 
 
 def _csv_parse_error(path: Path, cfg: PrepareConfig, delimiter: str, err: BaseException) -> DataError:
@@ -344,9 +383,11 @@ def _csv_parse_error(path: Path, cfg: PrepareConfig, delimiter: str, err: BaseEx
         pass
     if bad and bad[0].number is not None:
         row = bad[0]
-        return DataError(f"{path}: cannot parse as CSV: row {row.number - int(cfg.csv_header)}: expected "
-                         f"{row.expected_columns} fields separated by {delimiter!r}, got {row.actual_columns}: "
-                         f"{_short(row.text)}")
+        return DataError(
+            f"{path}: cannot parse as CSV: row {row.number - int(cfg.csv_header)}: expected "
+            f"{row.expected_columns} fields separated by {delimiter!r}, got {row.actual_columns}: "
+            f"{_short(row.text)}"
+        )
     return DataError(f"{path}: cannot parse as CSV: {_one_line(err)}")
 
 
@@ -368,8 +409,9 @@ def _read_csv(path: Path, cfg: PrepareConfig, roles: dict[str, str]) -> pa.Table
     try:
         names = table.column_names
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: the header is not UTF-8 text (byte {err.start} of a column name); re-encode "
-                        "the file as UTF-8") from None
+        raise DataError(
+            f"{path}: the header is not UTF-8 text (byte {err.start} of a column name); re-encode the file as UTF-8"
+        ) from None
     hint = ""
     if len(names) == 1:
         hint = f"; one column only: are fields separated by something other than {delimiter!r}? (--delimiter)"
@@ -392,8 +434,13 @@ def read_table_file(path: Path, cfg: PrepareConfig) -> Interactions:
     ignored. With ``event_col`` and ``keep_events``, only rows of those event types are kept: users and
     items left without any row are absent from the graph; if no row is left, it fails."""
     _require_file(path, "an interactions file (CSV or Parquet)")
-    roles = {"user": cfg.user_col, "item": cfg.item_col, "timestamp": cfg.time_col, "rating": cfg.rating_col,
-             "event": cfg.event_col}
+    roles = {
+        "user": cfg.user_col,
+        "item": cfg.item_col,
+        "timestamp": cfg.time_col,
+        "rating": cfg.rating_col,
+        "event": cfg.event_col,
+    }
     as_parquet = cfg.format == "parquet" or (cfg.format != "csv" and path.suffix == ".parquet")
     table = _read_parquet(path, roles) if as_parquet else _read_csv(path, cfg, roles)
     if table.num_rows == 0:
@@ -405,11 +452,18 @@ def read_table_file(path: Path, cfg: PrepareConfig) -> Interactions:
         keep = pc.is_in(events, value_set=wanted)
         if not pc.any(keep).as_py():
             found = ", ".join(_short(e, 20) for e in pc.unique(events.drop_null()).to_pylist()[:10])
-            raise DataError(f"{path}: no rows left: keep_events {cfg.keep_events!r} matches no value of event column "
-                            f"'{cfg.event_col}' (values found: {found})")
+            raise DataError(
+                f"{path}: no rows left: keep_events {cfg.keep_events!r} matches no value of event column "
+                f"'{cfg.event_col}' (values found: {found})"
+            )
         rows = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
-        log.info("kept %s of %s rows with %s in {%s}", f"{rows.size:,}", f"{table.num_rows:,}", cfg.event_col,
-                 cfg.keep_events)
+        log.info(
+            "kept %s of %s rows with %s in {%s}",
+            f"{rows.size:,}",
+            f"{table.num_rows:,}",
+            cfg.event_col,
+            cfg.keep_events,
+        )
         table = table.filter(keep)
     table = _interaction_table(table, path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col, rows)
     return Interactions(table, f"{'parquet' if as_parquet else 'csv'}:{path}", rows=rows)
@@ -451,12 +505,24 @@ def read_movielens_100k(path: Path, cfg: PrepareConfig) -> Interactions:
         table = _read_delimited(file, names, "\t", "MovieLens-100K user\\titem\\trating\\ttimestamp", types)
     user_features = item_features = None
     if (folder / "u.user").is_file():
-        users = _read_delimited(folder / "u.user", ["id", "age", "gender", "occupation", "zip"], "|",
-                                "MovieLens-100K users", {"id": pa.string(), "zip": pa.string()})
+        users = _read_delimited(
+            folder / "u.user",
+            ["id", "age", "gender", "occupation", "zip"],
+            "|",
+            "MovieLens-100K users",
+            {"id": pa.string(), "zip": pa.string()},
+        )
         age_bucket = np.digitize(users["age"].to_numpy(), [18, 25, 35, 45, 50, 56])
-        user_features = (users["id"].to_numpy(zero_copy_only=False), _one_hot(
-            [age_bucket, users["gender"].to_numpy(zero_copy_only=False),
-             users["occupation"].to_numpy(zero_copy_only=False)]))
+        user_features = (
+            users["id"].to_numpy(zero_copy_only=False),
+            _one_hot(
+                [
+                    age_bucket,
+                    users["gender"].to_numpy(zero_copy_only=False),
+                    users["occupation"].to_numpy(zero_copy_only=False),
+                ]
+            ),
+        )
     if (folder / "u.item").is_file():
         rows = [r.split("|") for r in (folder / "u.item").read_bytes().decode("latin-1").splitlines() if r]
         ids = np.array([r[0] for r in rows])
@@ -467,24 +533,33 @@ def read_movielens_100k(path: Path, cfg: PrepareConfig) -> Interactions:
 def read_movielens_1m(path: Path, cfg: PrepareConfig) -> Interactions:
     folder = path if path.is_dir() else path.parent
     if (folder / "ratings.dat").is_file():
-        raw = _read_double_colon(folder / "ratings.dat", ["user", "item", "rating", "timestamp"],
-                                 "MovieLens-1M ratings.dat (UserID::MovieID::Rating::Timestamp)")
+        raw = _read_double_colon(
+            folder / "ratings.dat",
+            ["user", "item", "rating", "timestamp"],
+            "MovieLens-1M ratings.dat (UserID::MovieID::Rating::Timestamp)",
+        )
         table = _interaction_table(raw, folder / "ratings.dat", "user", "item", "timestamp", "rating")
     else:
         file = folder / "ratings.parquet"
         _require_file(file, "MovieLens-1M ratings (ratings.dat or ratings.parquet)")
-        table = _interaction_table(_read_parquet(file, {"user": "userID", "item": "movieID"}), file, "userID",
-                                   "movieID")
+        table = _interaction_table(
+            _read_parquet(file, {"user": "userID", "item": "movieID"}), file, "userID", "movieID"
+        )
     user_features = item_features = None
     if (folder / "users.dat").is_file():
-        u = _read_double_colon(folder / "users.dat", ["id", "gender", "age", "occupation", "zip"],
-                               "MovieLens-1M users.dat")
-        user_features = (u["id"].to_numpy(zero_copy_only=False), _one_hot(
-            [u[c].to_numpy(zero_copy_only=False) for c in ("gender", "age", "occupation")]))
+        u = _read_double_colon(
+            folder / "users.dat", ["id", "gender", "age", "occupation", "zip"], "MovieLens-1M users.dat"
+        )
+        user_features = (
+            u["id"].to_numpy(zero_copy_only=False),
+            _one_hot([u[c].to_numpy(zero_copy_only=False) for c in ("gender", "age", "occupation")]),
+        )
     if (folder / "movies.dat").is_file():
         m = _read_double_colon(folder / "movies.dat", ["id", "title", "genres"], "MovieLens-1M movies.dat")
-        item_features = (m["id"].to_numpy(zero_copy_only=False),
-                         _genre_features(m["genres"].to_numpy(zero_copy_only=False)))
+        item_features = (
+            m["id"].to_numpy(zero_copy_only=False),
+            _genre_features(m["genres"].to_numpy(zero_copy_only=False)),
+        )
     return Interactions(table, f"movielens-1m:{folder}", user_features, item_features)
 
 
@@ -500,8 +575,10 @@ def read_movielens_latest(path: Path, cfg: PrepareConfig) -> Interactions:
     movies = file.parent / "movies.csv"
     if movies.is_file():
         m = pacsv.read_csv(movies)
-        item_features = (pc.cast(m["movieId"], pa.string()).to_numpy(zero_copy_only=False),
-                         _genre_features(m["genres"].to_numpy(zero_copy_only=False)))
+        item_features = (
+            pc.cast(m["movieId"], pa.string()).to_numpy(zero_copy_only=False),
+            _genre_features(m["genres"].to_numpy(zero_copy_only=False)),
+        )
     return Interactions(table, f"movielens-latest:{file}", None, item_features)
 
 
@@ -513,8 +590,16 @@ def _read_adjacency_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     users, items = [], []
     # bytes: numpy parses them as well, and a stray non-UTF-8 byte is a bad row, not a decoding crash
-    with open(path, "rb") as fh, tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
-                                disable=path.stat().st_size < 50_000_000) as bar:
+    with (
+        open(path, "rb") as fh,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            desc=path.name,
+            disable=path.stat().st_size < 50_000_000,
+        ) as bar,
+    ):
         for lineno, line in enumerate(fh, 1):
             bar.update(len(line))
             if not line.strip():
@@ -522,8 +607,9 @@ def _read_adjacency_lines(path: Path) -> tuple[np.ndarray, np.ndarray]:
             try:
                 ids = np.array(line.split(), dtype=np.int64)
             except ValueError:
-                raise DataError(f"{path}: row {lineno}: expected integer ids 'user item item ...', "
-                                f"got {_short(line.strip(), 60)}") from None
+                raise DataError(
+                    f"{path}: row {lineno}: expected integer ids 'user item item ...', got {_short(line.strip(), 60)}"
+                ) from None
             users.append(np.full(ids.size - 1, ids[0]))
             items.append(ids[1:])
     if not users:
@@ -536,16 +622,24 @@ def read_lightgcn(path: Path, cfg: PrepareConfig) -> Interactions:
     parts = []
     for name, split in (("train.txt", TRAIN), ("test.txt", TEST)):
         u, i = _read_adjacency_lines(folder / name)
-        parts.append(pa.table({"user": pa.array(u.astype(str)), "item": pa.array(i.astype(str)),
-                               "given_split": pa.array(np.full(u.size, split, np.int8))}))
+        parts.append(
+            pa.table(
+                {
+                    "user": pa.array(u.astype(str)),
+                    "item": pa.array(i.astype(str)),
+                    "given_split": pa.array(np.full(u.size, split, np.int8)),
+                }
+            )
+        )
     return Interactions(pa.concat_tables(parts), f"lightgcn:{folder}")
 
 
 def read_synthetic(cfg: PrepareConfig) -> Interactions:
 
     s = generate(cfg.synthetic)
-    table = pa.table({"user": pa.array(s.user.astype(str)), "item": pa.array(s.item.astype(str)),
-                      "timestamp": pa.array(s.timestamp)})
+    table = pa.table(
+        {"user": pa.array(s.user.astype(str)), "item": pa.array(s.item.astype(str)), "timestamp": pa.array(s.timestamp)}
+    )
     item_ids = np.arange(cfg.synthetic.num_items).astype(str)
     return Interactions(table, "synthetic", None, (item_ids, s.item_features))
 
@@ -578,14 +672,21 @@ def read_interactions(cfg: PrepareConfig) -> Interactions:
     path = Path(cfg.input)
     fmt = detect_format(path) if cfg.format == "auto" else cfg.format
     if cfg.split == "given" and fmt not in ("ml-100k", "lightgcn"):
-        raise ConfigError(f"config key 'split': format '{fmt}' ships no split of its own; "
-                          "use random, temporal or leave_one_out")
+        raise ConfigError(
+            f"config key 'split': format '{fmt}' ships no split of its own; use random, temporal or leave_one_out"
+        )
     if fmt in ("csv", "parquet") and not cfg.rating_col and cfg.min_rating > -np.inf:
         # checked before reading: a filter that cannot apply must not be skipped silently
-        raise ConfigError(f"config key 'min_rating': {path} is read without ratings (rating_col is empty); "
-                          "name its rating column with --rating_col")
-    readers = {"ml-100k": read_movielens_100k, "ml-1m": read_movielens_1m, "ml-latest": read_movielens_latest,
-               "lightgcn": read_lightgcn}
+        raise ConfigError(
+            f"config key 'min_rating': {path} is read without ratings (rating_col is empty); "
+            "name its rating column with --rating_col"
+        )
+    readers = {
+        "ml-100k": read_movielens_100k,
+        "ml-1m": read_movielens_1m,
+        "ml-latest": read_movielens_latest,
+        "lightgcn": read_lightgcn,
+    }
     if fmt in readers:
         return readers[fmt](path, cfg)
     return read_table_file(path, cfg)
@@ -601,8 +702,15 @@ def encode_ids(raw: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary
 
 
-def deduplicate(user: np.ndarray, item: np.ndarray, order: np.ndarray, policy: str, *,
-                source: str = "input", rows: np.ndarray | None = None) -> np.ndarray:
+def deduplicate(
+    user: np.ndarray,
+    item: np.ndarray,
+    order: np.ndarray,
+    policy: str,
+    *,
+    source: str = "input",
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """Row indices to keep so each (user, item) pair appears once.
 
     ``order`` ranks rows in time (timestamp, or file position; ties go by file position); ``first`` keeps
@@ -619,13 +727,16 @@ def deduplicate(user: np.ndarray, item: np.ndarray, order: np.ndarray, policy: s
         dup = np.setdiff1d(np.arange(key.size), keep)[0]
         other = keep[np.flatnonzero(key[keep] == key[dup])[0]]
         dup, other = (rows[dup], rows[other]) if rows is not None else (dup, other)
-        raise DataError(f"{source}: row {dup + 1}: repeated (user, item) pair (also in row {other + 1}); "
-                        "use --duplicates first or last")
+        raise DataError(
+            f"{source}: row {dup + 1}: repeated (user, item) pair (also in row {other + 1}); "
+            "use --duplicates first or last"
+        )
     return keep
 
 
-def held_out_counts(n_user: np.ndarray, *, method: str, val_fraction: float,
-                    test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def held_out_counts(
+    n_user: np.ndarray, *, method: str, val_fraction: float, test_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
     """How many of a user's ``n_user`` interactions go to validation and to test (arrays like ``n_user``).
 
     random/temporal: ``round(n * fraction)`` (halves up), test first, both capped so that at least one
@@ -643,8 +754,16 @@ def held_out_counts(n_user: np.ndarray, *, method: str, val_fraction: float,
     return n_val, n_test
 
 
-def split_interactions(user: np.ndarray, order: np.ndarray, *, method: str, val_fraction: float,
-                       test_fraction: float, seed: int, given: np.ndarray | None = None) -> np.ndarray:
+def split_interactions(
+    user: np.ndarray,
+    order: np.ndarray,
+    *,
+    method: str,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    given: np.ndarray | None = None,
+) -> np.ndarray:
     """Label each interaction TRAIN, VAL or TEST per user (vectorised over users).
 
     random: a random ``val_fraction``/``test_fraction`` of each user's interactions;
@@ -659,8 +778,9 @@ def split_interactions(user: np.ndarray, order: np.ndarray, *, method: str, val_
             raise ConfigError("config key 'split': 'given' needs a dataset that ships its own split")
         labels = given.astype(np.int8).copy()
         train = np.flatnonzero(labels == TRAIN)
-        sub = split_interactions(user[train], order[train], method="random", val_fraction=val_fraction,
-                                 test_fraction=0.0, seed=seed)
+        sub = split_interactions(
+            user[train], order[train], method="random", val_fraction=val_fraction, test_fraction=0.0, seed=seed
+        )
         labels[train[sub == VAL]] = VAL
         return labels
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
@@ -681,8 +801,9 @@ def split_interactions(user: np.ndarray, order: np.ndarray, *, method: str, val_
     return labels
 
 
-def empty_split_reasons(user: np.ndarray, labels: np.ndarray, *, method: str, val_fraction: float,
-                        test_fraction: float) -> list[str]:
+def empty_split_reasons(
+    user: np.ndarray, labels: np.ndarray, *, method: str, val_fraction: float, test_fraction: float
+) -> list[str]:
     """One sentence for each of val and test that came out empty although asked for, saying why (a user
     needs more interactions than any has); an empty list when both have rows or were not asked for."""
     reasons = []
@@ -707,9 +828,11 @@ def empty_split_reasons(user: np.ndarray, labels: np.ndarray, *, method: str, va
         held = n_val if code == VAL else n_test
         need = f"at least {int(sizes[np.argmax(held > 0)])}" if held.any() else f"more than {bound}"
         part = " of the given training part" if method == "given" else ""
-        reasons.append(f"{name} is empty: with --split {method} and {name}_fraction {fraction:g}, a user needs {need} "
-                       f"interactions{part} to give one to {name} (each user keeps at least one for training), "
-                       f"and the most any user has is {most}")
+        reasons.append(
+            f"{name} is empty: with --split {method} and {name}_fraction {fraction:g}, a user needs {need} "
+            f"interactions{part} to give one to {name} (each user keeps at least one for training), "
+            f"and the most any user has is {most}"
+        )
     return reasons
 
 
@@ -753,8 +876,9 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 def check_prepare_config(cfg: PrepareConfig) -> None:
     """Values no reader can act on, refused before anything is read."""
     if np.isnan(cfg.min_rating) or cfg.min_rating == np.inf:
-        raise ConfigError(f"config key 'min_rating': expected a finite number (or -inf to keep every rating), "
-                          f"got {cfg.min_rating}")
+        raise ConfigError(
+            f"config key 'min_rating': expected a finite number (or -inf to keep every rating), got {cfg.min_rating}"
+        )
     if cfg.format in ("auto", "csv"):
         csv_delimiter(Path(cfg.input), cfg.delimiter)
 
@@ -766,16 +890,21 @@ def check_output_path(output: Path, inputs: list[Path]) -> None:
     bad ``--output`` fails at once and not after minutes of parsing."""
     target, cwd = output.resolve(), Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
-        raise ConfigError(f"config key 'output': {output} is the current folder or one above it ({target}); "
-                          "writing there would replace the folder you stand in (name a new folder)")
+        raise ConfigError(
+            f"config key 'output': {output} is the current folder or one above it ({target}); "
+            "writing there would replace the folder you stand in (name a new folder)"
+        )
     for source in inputs:
         resolved = source.resolve()
         if resolved == target:
-            raise ConfigError(f"config key 'output': {output} is the input; writing there would delete it "
-                              "(name another folder)")
+            raise ConfigError(
+                f"config key 'output': {output} is the input; writing there would delete it (name another folder)"
+            )
         if target in resolved.parents:
-            raise ConfigError(f"config key 'output': {output} contains the input {source}; replacing it would "
-                              "delete the input (name another folder)")
+            raise ConfigError(
+                f"config key 'output': {output} contains the input {source}; replacing it would "
+                "delete the input (name another folder)"
+            )
     for folder in (target, *target.parents):
         if folder.exists():
             if not folder.is_dir():
@@ -796,8 +925,10 @@ def filter_min_rating(data: Interactions, min_rating: float) -> Interactions:
     kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
     if kept.size == 0:
         low, high = pc.min_max(table["rating"]).values()
-        raise DataError(f"{data.source}: no interactions left: min_rating {min_rating:g} keeps none of the "
-                        f"{table.num_rows:,} (ratings range from {low.as_py():g} to {high.as_py():g})")
+        raise DataError(
+            f"{data.source}: no interactions left: min_rating {min_rating:g} keeps none of the "
+            f"{table.num_rows:,} (ratings range from {low.as_py():g} to {high.as_py():g})"
+        )
     log.info("kept %s of %s interactions rated >= %g", f"{kept.size:,}", f"{table.num_rows:,}", min_rating)
     rows = data.rows[kept] if data.rows is not None else kept
     return replace(data, table=table.filter(keep), rows=rows)
@@ -818,14 +949,23 @@ def prepare(cfg: PrepareConfig) -> Path:
     order = table["timestamp"].to_numpy() if "timestamp" in table.column_names else np.arange(table.num_rows)
     keep = deduplicate(user, item, order, cfg.duplicates, source=data.source, rows=data.rows)
     if keep.size < table.num_rows:
-        log.info("dropped %s repeated (user, item) rows (policy: keep %s)", f"{table.num_rows - keep.size:,}",
-                 cfg.duplicates)
+        log.info(
+            "dropped %s repeated (user, item) rows (policy: keep %s)", f"{table.num_rows - keep.size:,}", cfg.duplicates
+        )
     table, user, item, order = table.take(keep), user[keep], item[keep], order[keep]
     given = table["given_split"].to_numpy() if "given_split" in table.column_names else None
-    labels = split_interactions(user, order, method=cfg.split, val_fraction=cfg.val_fraction,
-                                test_fraction=cfg.test_fraction, seed=cfg.seed, given=given)
-    for reason in empty_split_reasons(user, labels, method=cfg.split, val_fraction=cfg.val_fraction,
-                                      test_fraction=cfg.test_fraction):
+    labels = split_interactions(
+        user,
+        order,
+        method=cfg.split,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+        given=given,
+    )
+    for reason in empty_split_reasons(
+        user, labels, method=cfg.split, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction
+    ):
         log.warning("%s", reason)
     num_users, num_items = len(user_ids), len(item_ids)
 
@@ -851,23 +991,34 @@ def prepare(cfg: PrepareConfig) -> Path:
                 values = align_features(ids, feats, what=f"{name}s")
                 _write_npy(tmp / "features" / f"{name}.npy", values)
                 features[name] = int(values.shape[1])
-        write_meta(tmp, {
-            "format_version": FORMAT_VERSION,
-            "source": data.source,
-            "num_users": num_users,
-            "num_items": num_items,
-            "num_interactions": counts,
-            "split": {"method": cfg.split, "val_fraction": cfg.val_fraction,
-                      "test_fraction": cfg.test_fraction, "seed": cfg.seed},
-            "columns": ["user", "item", *extra],
-            "features": features,
-            "node_numbering": "users 0..num_users-1, items num_users..num_users+num_items-1",
-            "prepare_config": config_to_dict(cfg),
-        })
-    log.info("wrote %s: %s users, %s items, train/val/test %s/%s/%s interactions in %.1f s", out,
-             f"{num_users:,}", f"{num_items:,}", *(f"{counts[s]:,}" for s in SPLIT_NAMES),
-             time.perf_counter() - t0)
+        write_meta(
+            tmp,
+            {
+                "format_version": FORMAT_VERSION,
+                "source": data.source,
+                "num_users": num_users,
+                "num_items": num_items,
+                "num_interactions": counts,
+                "split": {
+                    "method": cfg.split,
+                    "val_fraction": cfg.val_fraction,
+                    "test_fraction": cfg.test_fraction,
+                    "seed": cfg.seed,
+                },
+                "columns": ["user", "item", *extra],
+                "features": features,
+                "node_numbering": "users 0..num_users-1, items num_users..num_users+num_items-1",
+                "prepare_config": config_to_dict(cfg),
+            },
+        )
+    log.info(
+        "wrote %s: %s users, %s items, train/val/test %s/%s/%s interactions in %.1f s",
+        out,
+        f"{num_users:,}",
+        f"{num_items:,}",
+        *(f"{counts[s]:,}" for s in SPLIT_NAMES),
+        time.perf_counter() - t0,
+    )
     if cfg.partitions > 1:
-
         write_partitions(out, cfg.partitions, method=cfg.partition_method, seed=cfg.seed)
     return out

@@ -6,6 +6,7 @@ draws candidate items in proportion to popularity and keeps the ones that best m
 candidates). A popularity ranking therefore gets some hits, and a model that learns the tastes gets
 clearly more.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,13 +29,14 @@ class SyntheticInteractions:
 
 def check_synthetic_config(cfg: SyntheticConfig) -> None:
     """Values the generator cannot honour, as a ConfigError naming the key (the CLIs print it as one line)."""
-    checks = (("num_users", cfg.num_users >= 1, "at least 1"), ("num_items", cfg.num_items >= 10, "at least 10"),
-              ("num_factors", cfg.num_factors >= 1, "at least 1"),
-              ("mean_interactions", np.isfinite(cfg.mean_interactions) and cfg.mean_interactions > 0,
-               "a positive number"),
-              ("popularity_exponent", np.isfinite(cfg.popularity_exponent) and cfg.popularity_exponent >= 0,
-               "a number >= 0"),
-              ("taste_strength", np.isfinite(cfg.taste_strength), "a finite number"))
+    checks = (
+        ("num_users", cfg.num_users >= 1, "at least 1"),
+        ("num_items", cfg.num_items >= 10, "at least 10"),
+        ("num_factors", cfg.num_factors >= 1, "at least 1"),
+        ("mean_interactions", np.isfinite(cfg.mean_interactions) and cfg.mean_interactions > 0, "a positive number"),
+        ("popularity_exponent", np.isfinite(cfg.popularity_exponent) and cfg.popularity_exponent >= 0, "a number >= 0"),
+        ("taste_strength", np.isfinite(cfg.taste_strength), "a finite number"),
+    )
     for key, ok, expected in checks:
         if not ok:
             raise ConfigError(f"config key 'synthetic.{key}': expected {expected}, got {getattr(cfg, key)!r}")

@@ -13,6 +13,7 @@ Written here because no maintained library this project depends on computes it o
 the similarity is built a block of items at a time (one sparse product per block), so memory is
 ``num_items x block`` floats, never ``num_items^2``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,16 +31,18 @@ def item_transpose(train: ItemSets, num_items: int) -> ItemSets:
     return ItemSets(indptr, users[order])
 
 
-def item_knn_weights(train: ItemSets, num_items: int, *, neighbors: int, inverse_user_degree: bool = True,
-                     block: int = 2048) -> Tensor:
+def item_knn_weights(
+    train: ItemSets, num_items: int, *, neighbors: int, inverse_user_degree: bool = True, block: int = 2048
+) -> Tensor:
     """``[num_items, num_items]`` sparse CSR ``W`` with ``W[j, i] = sim(i, j)`` for the
     ``neighbors`` items ``i != j`` most similar to ``j`` (ties broken by torch.topk)."""
     by_item = item_transpose(train, num_items)
     weight = torch.ones(by_item.indices.numel())
     if inverse_user_degree:
         weight = 1.0 / train.counts.to(torch.float32).clamp(min=1.0)[by_item.indices]
-    item_user = torch.sparse_csr_tensor(by_item.indptr, by_item.indices, weight,
-                                        (num_items, train.indptr.numel() - 1))  # [I, U]
+    item_user = torch.sparse_csr_tensor(
+        by_item.indptr, by_item.indices, weight, (num_items, train.indptr.numel() - 1)
+    )  # [I, U]
     norm = by_item.counts.to(torch.float32).sqrt().clamp(min=1.0)
     k = min(neighbors, num_items - 1)
     rows, cols, vals = [], [], []

@@ -18,6 +18,7 @@ LightGCN's reference code (``Procedure.Test`` / ``utils.py``), with binary relev
 
 Users without any truth item are skipped entirely and not counted in ``num_users``.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,7 @@ def topk_of_scores(scores: Tensor, users: Tensor, exclude: Sequence[CSR], k: int
 
 
 def _zero_sums(ks: Sequence[int], device: torch.device | str = "cpu") -> dict[str, Tensor]:
-    sums = {f"{name}@{k}": torch.zeros((), dtype=torch.float64, device=device)
-            for k in ks for name in RANKING_METRICS}
+    sums = {f"{name}@{k}": torch.zeros((), dtype=torch.float64, device=device) for k in ks for name in RANKING_METRICS}
     sums["num_users"] = torch.zeros((), dtype=torch.float64, device=device)
     return sums
 
@@ -209,8 +209,15 @@ def evaluate_ranking(
     Returns:
         The sums of :func:`ranking_sums` over all chunks (float64 scalars, on the truth CSR's device).
     """
-    return evaluate_scorer(lambda chunk: user_emb[chunk.to(user_emb.device)] @ item_emb.T, users, exclude, truth,
-                           ks, batch_size=batch_size, progress=progress)
+    return evaluate_scorer(
+        lambda chunk: user_emb[chunk.to(user_emb.device)] @ item_emb.T,
+        users,
+        exclude,
+        truth,
+        ks,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
 
 def evaluate_scorer(
@@ -238,7 +245,7 @@ def evaluate_scorer(
 
         starts = tqdm(starts, desc="evaluate", unit="chunk")
     for start in starts:
-        chunk = users[start:start + batch_size]
+        chunk = users[start : start + batch_size]
         topk = topk_of_scores(score(chunk), chunk, exclude, max(ks))
         sums = add_sums(sums, ranking_sums(topk, chunk, truth_indptr, truth_indices, ks))
     return sums
@@ -278,7 +285,8 @@ def finalize(sums: dict[str, Tensor]) -> dict[str, float]:
     num_users = int(round(float(sums["num_users"])))
     result: dict[str, float] = {
         name: (float(value) / num_users if num_users > 0 else 0.0)
-        for name, value in sums.items() if name != "num_users"
+        for name, value in sums.items()
+        if name != "num_users"
     }
     result["num_users"] = num_users
     return result

@@ -40,7 +40,7 @@ def rank_users(graph: Graph, split: str, max_users: int = 0) -> Tensor:
     mask = evaluated_users(graph.num_users, max_users)
     if mask is not None:
         users = users[mask[users]]
-    return users[dist.rank()::dist.world_size()]
+    return users[dist.rank() :: dist.world_size()]
 
 
 def excluded(graph: Graph, split: str) -> list[CSR]:
@@ -55,38 +55,79 @@ def truth(graph: Graph, split: str) -> CSR:
 
 
 @torch.no_grad()
-def evaluate(embeddings: Tensor, graph: Graph, split: str, ks: tuple[int, ...], *,
-             batch_size: int, max_users: int = 0) -> dict[str, float]:
+def evaluate(
+    embeddings: Tensor, graph: Graph, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
+) -> dict[str, float]:
     """Full-ranking metrics on ``split`` ('val' or 'test') from ``[N, d]`` scoring vectors (inner
     product ranks), summed over ranks."""
-    sums = evaluate_ranking(embeddings[: graph.num_users], embeddings[graph.num_users:],
-                            rank_users(graph, split, max_users), excluded(graph, split), truth(graph, split),
-                            list(ks), batch_size=batch_size)
+    sums = evaluate_ranking(
+        embeddings[: graph.num_users],
+        embeddings[graph.num_users :],
+        rank_users(graph, split, max_users),
+        excluded(graph, split),
+        truth(graph, split),
+        list(ks),
+        batch_size=batch_size,
+    )
     return finalize(dist.all_reduce_sum(sums))
 
 
-def evaluate_with(scorer: Callable[[Tensor], Tensor], graph: Graph, split: str, ks: tuple[int, ...], *,
-                  batch_size: int, max_users: int = 0) -> dict[str, float]:
+def evaluate_with(
+    scorer: Callable[[Tensor], Tensor],
+    graph: Graph,
+    split: str,
+    ks: tuple[int, ...],
+    *,
+    batch_size: int,
+    max_users: int = 0,
+) -> dict[str, float]:
     """The protocol for any scorer ``users [B] -> scores [B, num_items]``."""
-    sums = evaluate_scorer(scorer, rank_users(graph, split, max_users), excluded(graph, split),
-                           truth(graph, split), list(ks), batch_size=batch_size)
+    sums = evaluate_scorer(
+        scorer,
+        rank_users(graph, split, max_users),
+        excluded(graph, split),
+        truth(graph, split),
+        list(ks),
+        batch_size=batch_size,
+    )
     return finalize(dist.all_reduce_sum(sums))
 
 
-def evaluate_popularity_baseline(graph: Graph, split: str, ks: tuple[int, ...], *,
-                                 batch_size: int, max_users: int = 0) -> dict[str, float]:
-    item_degree = graph.degree[graph.num_users:].to(torch.float32)
-    sums = evaluate_popularity(item_degree, rank_users(graph, split, max_users), excluded(graph, split),
-                               truth(graph, split), list(ks), batch_size=batch_size)
+def evaluate_popularity_baseline(
+    graph: Graph, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
+) -> dict[str, float]:
+    item_degree = graph.degree[graph.num_users :].to(torch.float32)
+    sums = evaluate_popularity(
+        item_degree,
+        rank_users(graph, split, max_users),
+        excluded(graph, split),
+        truth(graph, split),
+        list(ks),
+        batch_size=batch_size,
+    )
     return finalize(dist.all_reduce_sum(sums))
 
 
 @torch.no_grad()
-def evaluate_item_knn_baseline(graph: Graph, split: str, ks: tuple[int, ...], *, neighbors: int,
-                               batch_size: int, max_users: int = 0, inverse_user_degree: bool = True
-                               ) -> dict[str, float]:
+def evaluate_item_knn_baseline(
+    graph: Graph,
+    split: str,
+    ks: tuple[int, ...],
+    *,
+    neighbors: int,
+    batch_size: int,
+    max_users: int = 0,
+    inverse_user_degree: bool = True,
+) -> dict[str, float]:
     """Item-kNN (:mod:`distgnn.eval.baselines`) under the same protocol and users as :func:`evaluate`."""
-    weights = item_knn_weights(graph.train, graph.num_items, neighbors=neighbors,
-                               inverse_user_degree=inverse_user_degree)
-    return evaluate_with(lambda users: item_knn_scores(weights, graph.train, users), graph, split, ks,
-                         batch_size=batch_size, max_users=max_users)
+    weights = item_knn_weights(
+        graph.train, graph.num_items, neighbors=neighbors, inverse_user_degree=inverse_user_degree
+    )
+    return evaluate_with(
+        lambda users: item_knn_scores(weights, graph.train, users),
+        graph,
+        split,
+        ks,
+        batch_size=batch_size,
+        max_users=max_users,
+    )

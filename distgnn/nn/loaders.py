@@ -54,15 +54,12 @@ def edge_draw_weights(users: Tensor, edge_sampling: str) -> Tensor:
     return torch.ones(users.numel(), dtype=torch.float64)
 
 
-def positive_draw_weights(edge_label_index: Tensor, num_users: int, num_items: int,
-                          edge_sampling: str) -> Tensor:
+def positive_draw_weights(edge_label_index: Tensor, num_users: int, num_items: int, edge_sampling: str) -> Tensor:
     """``[num_items]`` how often the epoch's draws bring each item in as a positive, up to a
     constant: its edge count under shuffle, the sum of its users' 1 / edge count under user_uniform.
     The in-batch half of the log-Q correction must follow the sampling actually used."""
     users, items = edge_label_index
-    return torch.bincount(items - num_users, weights=edge_draw_weights(users, edge_sampling),
-                          minlength=num_items)
-
+    return torch.bincount(items - num_users, weights=edge_draw_weights(users, edge_sampling), minlength=num_items)
 
 
 def edge_order(edge_label_index: Tensor, edge_sampling: str) -> torch.utils.data.Sampler:
@@ -72,9 +69,17 @@ def edge_order(edge_label_index: Tensor, edge_sampling: str) -> torch.utils.data
     return ShuffledIndices(edge_label_index.shape[1])
 
 
-def link_loader(sampler: BaseSampler, num_nodes: int, edge_label_index: Tensor, *, batch_size: int,
-                num_negatives: int, edge_sampling: str = "shuffle", num_workers: int = 0,
-                pin_memory: bool = False) -> LinkLoader:
+def link_loader(
+    sampler: BaseSampler,
+    num_nodes: int,
+    edge_label_index: Tensor,
+    *,
+    batch_size: int,
+    num_negatives: int,
+    edge_sampling: str = "shuffle",
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> LinkLoader:
     """PyG's LinkLoader over ``edge_label_index [2, E]`` (user node, item node) with ``num_negatives``
     triplet negatives per positive, driven by ``sampler``; every batch is full (``drop_last``).
     ``num_workers > 0`` samples in that many background processes, two batches ahead each."""
@@ -82,7 +87,14 @@ def link_loader(sampler: BaseSampler, num_nodes: int, edge_label_index: Tensor, 
     # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
     # sampled one.
     data = Data(num_nodes=num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long))
-    return LinkLoader(data, link_sampler=sampler, edge_label_index=edge_label_index,
-                      neg_sampling=NegativeSampling("triplet", amount=num_negatives),
-                      batch_size=batch_size, sampler=edge_order(edge_label_index, edge_sampling),
-                      drop_last=True, pin_memory=pin_memory, **prefetch)
+    return LinkLoader(
+        data,
+        link_sampler=sampler,
+        edge_label_index=edge_label_index,
+        neg_sampling=NegativeSampling("triplet", amount=num_negatives),
+        batch_size=batch_size,
+        sampler=edge_order(edge_label_index, edge_sampling),
+        drop_last=True,
+        pin_memory=pin_memory,
+        **prefetch,
+    )

@@ -1,4 +1,5 @@
 """Training losses for implicit-feedback ranking. Pure functions of embeddings; no optimiser here."""
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,16 @@ def l2_penalty(*ego: Tensor) -> Tensor:
     return sum(e.pow(2).sum() for e in ego) / (2 * batch_size)
 
 
-def sampled_softmax_loss(user: Tensor, items: Tensor, target: Tensor, *, temperature: float,
-                         masked: tuple[Tensor, Tensor] | None = None, log_q: Tensor | None = None,
-                         item_bias: Tensor | None = None) -> Tensor:
+def sampled_softmax_loss(
+    user: Tensor,
+    items: Tensor,
+    target: Tensor,
+    *,
+    temperature: float,
+    masked: tuple[Tensor, Tensor] | None = None,
+    log_q: Tensor | None = None,
+    item_bias: Tensor | None = None,
+) -> Tensor:
     """Softmax cross-entropy of each user's positive against the other items of the batch.
 
     Scores are cosine similarities divided by ``temperature``. The candidate items are all items

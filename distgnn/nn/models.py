@@ -5,6 +5,7 @@ where ``n_id`` are global node ids and ``adj_t`` is a sparse CSR matrix whose ro
 weighted incoming messages of node ``v``. The same forward serves a sampled subgraph in training
 and the whole graph (layer by layer, :func:`full_graph_embeddings`) in evaluation and export.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -132,8 +133,9 @@ class Recommender(nn.Module):
         share = x / (self.num_layers + 1)
         return share if out is None else out + share
 
-    def propagate(self, x: Tensor, adj_t: Tensor | None, hop_sizes: list[int] | None = None, *,
-                  noise: float = 0.0) -> Tensor:
+    def propagate(
+        self, x: Tensor, adj_t: Tensor | None, hop_sizes: list[int] | None = None, *, noise: float = 0.0
+    ) -> Tensor:
         """Outputs of a sampled subgraph from its nodes' inputs ``x [n, dim]``.
 
         With ``hop_sizes`` (a sampled subgraph's ``num_sampled_nodes``: seeds, then each hop's new
@@ -191,8 +193,9 @@ class BipartiteSAGE(Recommender):
         features: optional ``[N, F]`` float32 node features (zeros for nodes without any).
     """
 
-    def __init__(self, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None, *,
-                 item_bias: bool = False):
+    def __init__(
+        self, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None, *, item_bias: bool = False
+    ):
         super().__init__(num_nodes, dim, num_layers, item_bias=item_bias)
         self.register_buffer("features", features, persistent=False)
         self.feature_proj = nn.Linear(features.shape[1], dim) if features is not None else None
@@ -207,8 +210,9 @@ class BipartiteSAGE(Recommender):
     def layer(self, index: int, x: Tensor, adj_t: Tensor, x_dst: Tensor | None = None) -> Tensor:
         # SAGEConv's mean aggregation ignores edge weights: a pattern-only copy of adj_t; the
         # destinations' own rows go in PyG's bipartite (x_src, x_dst) form for the root weight.
-        pattern = torch.sparse_csr_tensor(adj_t.crow_indices(), adj_t.col_indices(),
-                                          torch.ones_like(adj_t.values()), adj_t.shape)
+        pattern = torch.sparse_csr_tensor(
+            adj_t.crow_indices(), adj_t.col_indices(), torch.ones_like(adj_t.values()), adj_t.shape
+        )
         x_dst = x[: adj_t.shape[0]] if x_dst is None else x_dst
         h = self.convs[index]((x, x_dst), pattern)
         return h if index == self.num_layers - 1 else torch.relu(h)
@@ -217,8 +221,9 @@ class BipartiteSAGE(Recommender):
 MODELS = ("lightgcn", "sage", "mf")
 
 
-def build_model(name: str, *, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None,
-                item_bias: bool = False) -> Recommender:
+def build_model(
+    name: str, *, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None, item_bias: bool = False
+) -> Recommender:
     """The one factory: ``name`` in :data:`MODELS`; ``features`` are used by ``sage`` only."""
     if name == "lightgcn":
         return LightGCN(num_nodes, dim, num_layers, item_bias=item_bias)
@@ -233,13 +238,20 @@ def model_from_config(cfg: ModelConfig, graph: Graph) -> Recommender:
     """The model a :class:`~distgnn.core.config.ModelConfig` describes, sized for ``graph``."""
     features = graph.node_features() if cfg.name == "sage" and cfg.use_features else None
     num_layers = 0 if cfg.name == "mf" else cfg.num_layers
-    return build_model(cfg.name, num_nodes=graph.num_nodes, dim=cfg.dim, num_layers=num_layers,
-                       features=features, item_bias=cfg.item_bias)
+    return build_model(
+        cfg.name,
+        num_nodes=graph.num_nodes,
+        dim=cfg.dim,
+        num_layers=num_layers,
+        features=features,
+        item_bias=cfg.item_bias,
+    )
 
 
 @torch.no_grad()
-def full_graph_embeddings(model: Recommender, indptr: Tensor, indices: Tensor, *,
-                          chunk_size: int = 65536, progress: bool = False) -> Tensor:
+def full_graph_embeddings(
+    model: Recommender, indptr: Tensor, indices: Tensor, *, chunk_size: int = 65536, progress: bool = False
+) -> Tensor:
     """Exact embeddings of every node, layer by layer over the whole graph (no sampling).
 
     Each layer is materialised for all nodes before the next, in chunks of destination rows, so
@@ -259,15 +271,14 @@ def full_graph_embeddings(model: Recommender, indptr: Tensor, indices: Tensor, *
     for layer, start in tqdm(chunks, desc="layer-wise inference", unit="chunk", disable=not progress):
         rows = torch.arange(start, min(start + chunk_size, num_nodes))
         adj_t = full_adjacency(indptr, indices, rows=rows).to(device)
-        nxt[start:start + rows.numel()] = model.layer(layer, x, adj_t, x[start:start + rows.numel()])
+        nxt[start : start + rows.numel()] = model.layer(layer, x, adj_t, x[start : start + rows.numel()])
         if start + chunk_size >= num_nodes:  # layer complete: it becomes the next layer's input
             x, nxt = nxt, torch.empty_like(nxt)
             out = model.readout(out, x)
     return out.cpu()
 
 
-def scoring_vectors(emb: Tensor, model: Recommender, *, cosine: bool, temperature: float,
-                    num_users: int) -> Tensor:
+def scoring_vectors(emb: Tensor, model: Recommender, *, cosine: bool, temperature: float, num_users: int) -> Tensor:
     """``[N, d]`` model outputs -> vectors whose plain inner product ranks as the model scores:
     normalised for cosine scoring, plus a column ``[1 | temperature * item bias]`` for a learned
     item bias (``cos + t * b`` ranks as the logit ``cos / t + b``)."""
@@ -280,10 +291,12 @@ def scoring_vectors(emb: Tensor, model: Recommender, *, cosine: bool, temperatur
     return torch.cat([emb, column], dim=1)
 
 
-def exact_vectors(model: Recommender, graph: Graph, job: TrainJobConfig, *, chunk_size: int = 65536,
-                  progress: bool = False) -> Tensor:
+def exact_vectors(
+    model: Recommender, graph: Graph, job: TrainJobConfig, *, chunk_size: int = 65536, progress: bool = False
+) -> Tensor:
     """``[N, d]`` (``d + 1`` with an item bias) exact scoring vectors of every node: a plain inner
     product ranks as the model does, in evaluation, export and FAISS alike."""
     emb = full_graph_embeddings(model, graph.indptr, graph.indices, chunk_size=chunk_size, progress=progress)
-    return scoring_vectors(emb, model, cosine=job.cosine_scores, temperature=job.optim.temperature,
-                           num_users=graph.num_users)
+    return scoring_vectors(
+        emb, model, cosine=job.cosine_scores, temperature=job.optim.temperature, num_users=graph.num_users
+    )

@@ -14,6 +14,7 @@ new nodes are expanded at the next hop; ``row`` is the local id of the sampled n
 source) and ``col`` the local id of the node it was sampled for. Negative sampling deliberately
 differs from PyG's: negatives are items only, and never one of the source user's training items.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,6 +54,7 @@ def _single_threaded(fn):
     than PyG's single-threaded C++ sampler. Setting the count costs ~0.2 us. Torch ops running
     concurrently in other Python threads of this process also get one thread meanwhile.
     """
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         num_threads = torch.get_num_threads()
@@ -68,9 +70,15 @@ def _single_threaded(fn):
 
 
 @_single_threaded
-def sample_neighbors(indptr: Tensor, indices: Tensor, nodes: Tensor, num_neighbors: int, *,
-                     replace: bool = False,
-                     generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample_neighbors(
+    indptr: Tensor,
+    indices: Tensor,
+    nodes: Tensor,
+    num_neighbors: int,
+    *,
+    replace: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Sample up to ``num_neighbors`` neighbors of each node, uniformly.
 
     Without replacement a node of degree ``deg`` gets ``min(k, deg)`` distinct neighbors, every
@@ -138,9 +146,16 @@ def _floyd_sample(deg: Tensor, k: int, *, generator: torch.Generator | None) -> 
 
 
 @_single_threaded
-def sample_subgraph(indptr: Tensor, indices: Tensor, seeds: Tensor, num_neighbors: list[int], *,
-                    replace: bool = False, generator: torch.Generator | None = None,
-                    node_map: Tensor | None = None) -> SamplerOutput:
+def sample_subgraph(
+    indptr: Tensor,
+    indices: Tensor,
+    seeds: Tensor,
+    num_neighbors: list[int],
+    *,
+    replace: bool = False,
+    generator: torch.Generator | None = None,
+    node_map: Tensor | None = None,
+) -> SamplerOutput:
     """Multi-hop neighbor sampling from ``seeds``, relabelled into a PyG subgraph.
 
     Hop ``h`` samples ``num_neighbors[h]`` neighbors of each node first reached at hop ``h-1`` (the
@@ -166,16 +181,19 @@ def sample_subgraph(indptr: Tensor, indices: Tensor, seeds: Tensor, num_neighbor
         node_map = torch.full((indptr.numel() - 1,), -1, dtype=torch.long)
 
     def neighbors(frontier: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        segment, position = sample_neighbors(indptr, indices, frontier, k, replace=replace,
-                                             generator=generator)
+        segment, position = sample_neighbors(indptr, indices, frontier, k, replace=replace, generator=generator)
         return segment, indices.index_select(0, position), position
 
     return expand_subgraph(seeds.long(), num_neighbors, neighbors, node_map=node_map)
 
 
-def expand_subgraph(seeds: Tensor, num_neighbors: list[int],
-                    neighbors: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]], *,
-                    node_map: Tensor) -> SamplerOutput:
+def expand_subgraph(
+    seeds: Tensor,
+    num_neighbors: list[int],
+    neighbors: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]],
+    *,
+    node_map: Tensor,
+) -> SamplerOutput:
     """Hop-by-hop expansion and PyG-order relabelling around ``seeds``.
 
     ``neighbors(frontier, k)`` samples up to ``k`` neighbors of each frontier node and returns
@@ -193,8 +211,12 @@ def expand_subgraph(seeds: Tensor, num_neighbors: list[int],
     return out
 
 
-def _expand(seeds: Tensor, num_neighbors: list[int],
-            neighbors: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]], node_map: Tensor) -> SamplerOutput:
+def _expand(
+    seeds: Tensor,
+    num_neighbors: list[int],
+    neighbors: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]],
+    node_map: Tensor,
+) -> SamplerOutput:
     num_seeds = seeds.numel()
     node_map[seeds] = torch.arange(num_seeds)
     if not bool((node_map[seeds] == torch.arange(num_seeds)).all()):
@@ -209,8 +231,7 @@ def _expand(seeds: Tensor, num_neighbors: list[int],
         # unseen node's map entry at -2 - (its first entry); seen nodes scatter their own local id,
         # which leaves them unchanged. Entries that find their own tag are first appearances, in order.
         tag = -2 - torch.arange(neighbor.numel())
-        node_map.scatter_reduce_(0, neighbor, torch.where(local < 0, tag, local), "amax",
-                                 include_self=False)
+        node_map.scatter_reduce_(0, neighbor, torch.where(local < 0, tag, local), "amax", include_self=False)
         new_nodes = neighbor[node_map.index_select(0, neighbor) == tag]
         node_map.index_copy_(0, new_nodes, torch.arange(num_nodes, num_nodes + new_nodes.numel()))
 
@@ -258,9 +279,16 @@ def csr_contains(indptr: Tensor, indices: Tensor, rows: Tensor, cols: Tensor) ->
 
 
 @_single_threaded
-def sample_negative_items(indptr: Tensor, indices: Tensor, users: Tensor, num_per_user: int, *,
-                          num_users: int, num_items: int,
-                          generator: torch.Generator | None = None) -> Tensor:
+def sample_negative_items(
+    indptr: Tensor,
+    indices: Tensor,
+    users: Tensor,
+    num_per_user: int,
+    *,
+    num_users: int,
+    num_items: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Uniform negative items for each user, excluding the user's training items.
 
     A draw that hits one of the user's items (an edge of the CSR) is redrawn, up to
@@ -327,20 +355,30 @@ class NeighborSampler(BaseSampler):
         seed: generator seed; ``None`` = nondeterministic.
     """
 
-    def __init__(self, indptr: Tensor, indices: Tensor, num_neighbors: list[int], *, num_users: int,
-                 num_items: int, replace: bool = False, seed: int | None = None):
+    def __init__(
+        self,
+        indptr: Tensor,
+        indices: Tensor,
+        num_neighbors: list[int],
+        *,
+        num_users: int,
+        num_items: int,
+        replace: bool = False,
+        seed: int | None = None,
+    ):
         if indptr.numel() != num_users + num_items + 1:
-            raise ValueError(f"indptr has {indptr.numel()} entries, expected num_users + num_items "
-                             f"+ 1 = {num_users + num_items + 1}")
+            raise ValueError(
+                f"indptr has {indptr.numel()} entries, expected num_users + num_items + 1 = {num_users + num_items + 1}"
+            )
         if indptr.dtype != torch.long or indices.dtype != torch.long:
             raise ValueError(f"indptr and indices must be int64 (got {indptr.dtype}, {indices.dtype})")
         self.indptr = indptr
         self.indices = indices
-        self._init_sampling(num_neighbors, num_users=num_users, num_items=num_items, replace=replace,
-                            seed=seed)
+        self._init_sampling(num_neighbors, num_users=num_users, num_items=num_items, replace=replace, seed=seed)
 
-    def _init_sampling(self, num_neighbors: list[int], *, num_users: int, num_items: int, replace: bool,
-                       seed: int | None) -> None:
+    def _init_sampling(
+        self, num_neighbors: list[int], *, num_users: int, num_items: int, replace: bool, seed: int | None
+    ) -> None:
         """Settings and random state shared by every subclass, whatever holds its graph."""
         self.num_neighbors = list(num_neighbors)
         self.num_users = num_users
@@ -370,18 +408,30 @@ class NeighborSampler(BaseSampler):
             self.generator.manual_seed(worker.seed)
 
     def _sample_subgraph(self, seeds: Tensor) -> SamplerOutput:
-        return sample_subgraph(self.indptr, self.indices, seeds, self.num_neighbors,
-                               replace=self.replace, generator=self.generator,
-                               node_map=self._node_map)
+        return sample_subgraph(
+            self.indptr,
+            self.indices,
+            seeds,
+            self.num_neighbors,
+            replace=self.replace,
+            generator=self.generator,
+            node_map=self._node_map,
+        )
 
     def sample_negative_items(self, users: Tensor, num_per_user: int) -> Tensor:
         """``[B, num_per_user]`` negative item node ids per user, training items excluded: uniform,
         or the hardest of pools of uniform draws (see the class notes)."""
         self._enter_process()
         pool = self.hard_negative_pool if self.scoring_vectors is not None else 1
-        neg = sample_negative_items(self.indptr, self.indices, users, num_per_user * pool,
-                                    num_users=self.num_users, num_items=self.num_items,
-                                    generator=self.generator)
+        neg = sample_negative_items(
+            self.indptr,
+            self.indices,
+            users,
+            num_per_user * pool,
+            num_users=self.num_users,
+            num_items=self.num_items,
+            generator=self.generator,
+        )
         return neg if pool == 1 else hardest_of_pools(self.scoring_vectors, users, neg, num_per_user)
 
     def sample_from_nodes(self, index: NodeSamplerInput, **kwargs) -> SamplerOutput:
@@ -393,8 +443,7 @@ class NeighborSampler(BaseSampler):
         out.metadata = (index.input_id, None)
         return out
 
-    def sample_from_edges(self, index: EdgeSamplerInput,
-                          neg_sampling: NegativeSampling | None = None) -> SamplerOutput:
+    def sample_from_edges(self, index: EdgeSamplerInput, neg_sampling: NegativeSampling | None = None) -> SamplerOutput:
         """Sample around the endpoints of the seed edges (and of their negatives).
 
         ``metadata`` is what PyG's ``edge_sample`` produces for homogeneous non-disjoint sampling:
@@ -412,11 +461,11 @@ class NeighborSampler(BaseSampler):
 
         if neg_sampling is not None:
             if neg_sampling.src_weight is not None or neg_sampling.dst_weight is not None:
-                raise ValueError("distgnn's NeighborSampler draws negatives uniformly: "
-                                 "NegativeSampling weights are not supported")
+                raise ValueError(
+                    "distgnn's NeighborSampler draws negatives uniformly: NegativeSampling weights are not supported"
+                )
             if num_pos > 0 and int(src.max()) >= self.num_users:
-                raise ValueError("negative sampling needs users as edge sources "
-                                 "(edge_label_index[0] < num_users)")
+                raise ValueError("negative sampling needs users as edge sources (edge_label_index[0] < num_users)")
             if neg_sampling.is_binary():
                 num_neg = math.ceil(num_pos * neg_sampling.amount)
                 src_neg = src.repeat(math.ceil(neg_sampling.amount))[:num_neg]
@@ -436,9 +485,8 @@ class NeighborSampler(BaseSampler):
         if neg_sampling is None or neg_sampling.is_binary():
             out.metadata = (index.input_id, inverse.view(2, -1), edge_label, None)
         else:
-            dst_neg_index = inverse[2 * num_pos:].view(num_pos, -1).squeeze(-1)
-            out.metadata = (index.input_id, inverse[:num_pos], inverse[num_pos:2 * num_pos],
-                            dst_neg_index, None)
+            dst_neg_index = inverse[2 * num_pos :].view(num_pos, -1).squeeze(-1)
+            out.metadata = (index.input_id, inverse[:num_pos], inverse[num_pos : 2 * num_pos], dst_neg_index, None)
         return out
 
     @property
@@ -464,9 +512,17 @@ class _PyGBackedSampler(NeighborSampler):
         return self._pyg._sample(seeds)
 
 
-def make_sampler(indptr: Tensor, indices: Tensor, num_neighbors: list[int], *, num_users: int,
-                 num_items: int, backend: str = "auto", replace: bool = False,
-                 seed: int | None = None) -> NeighborSampler:
+def make_sampler(
+    indptr: Tensor,
+    indices: Tensor,
+    num_neighbors: list[int],
+    *,
+    num_users: int,
+    num_items: int,
+    backend: str = "auto",
+    replace: bool = False,
+    seed: int | None = None,
+) -> NeighborSampler:
     """Build the neighbor sampler for ``backend``: ``"distgnn"``, ``"pyg"`` (PyG's sampling, needs
     pyg-lib or torch-sparse) or ``"auto"`` (PyG's only when pyg-lib is installed). Logs which one.
 
@@ -475,10 +531,10 @@ def make_sampler(indptr: Tensor, indices: Tensor, num_neighbors: list[int], *, n
     """
     if backend not in ("auto", "distgnn", "pyg"):
         raise ConfigError(f"sampler.backend: expected 'auto', 'distgnn' or 'pyg' (got {backend!r})")
-    if backend == "pyg" and not (torch_geometric.typing.WITH_PYG_LIB
-                                 or torch_geometric.typing.WITH_TORCH_SPARSE):
-        raise ConfigError("sampler.backend='pyg' needs pyg-lib or torch-sparse, and neither is "
-                          "importable; use 'distgnn' or 'auto'")
+    if backend == "pyg" and not (torch_geometric.typing.WITH_PYG_LIB or torch_geometric.typing.WITH_TORCH_SPARSE):
+        raise ConfigError(
+            "sampler.backend='pyg' needs pyg-lib or torch-sparse, and neither is importable; use 'distgnn' or 'auto'"
+        )
     use_pyg = backend == "pyg" or (backend == "auto" and torch_geometric.typing.WITH_PYG_LIB)
     kwargs = dict(num_users=num_users, num_items=num_items, replace=replace, seed=seed)
     if use_pyg:

@@ -17,6 +17,7 @@ written last, so a folder without one is incomplete)::
     seen.parquet             user, item indices of every known interaction (excluded when recommending)
     index-<type>.faiss       one FAISS index per requested type, over the item embeddings
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,13 @@ def embedding_table(raw_ids: pa.Array, vectors: np.ndarray) -> pa.Table:
     """``raw_id, index, embedding`` with the embedding as a fixed-size list (readable anywhere);
     the list's value type is ``vectors``' dtype (float32 or float16)."""
     flat = pa.array(vectors.reshape(-1))
-    return pa.table({"raw_id": raw_ids, "index": pa.array(np.arange(len(vectors), dtype=np.int64)),
-                     "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])})
+    return pa.table(
+        {
+            "raw_id": raw_ids,
+            "index": pa.array(np.arange(len(vectors), dtype=np.int64)),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
 
 
 def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -89,10 +95,13 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-    if not {"raw_id", "embedding"} <= set(table.column_names) or \
-            not pa.types.is_fixed_size_list(table.schema.field("embedding").type):
-        raise DataError(f"{path}: expected columns raw_id and embedding (fixed-size list), got "
-                        f"{', '.join(f'{f.name}: {f.type}' for f in table.schema)}")
+    if not {"raw_id", "embedding"} <= set(table.column_names) or not pa.types.is_fixed_size_list(
+        table.schema.field("embedding").type
+    ):
+        raise DataError(
+            f"{path}: expected columns raw_id and embedding (fixed-size list), got "
+            f"{', '.join(f'{f.name}: {f.type}' for f in table.schema)}"
+        )
     emb = table["embedding"].combine_chunks()
     dim = emb.type.list_size
     vectors = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
@@ -112,20 +121,30 @@ def read_manifest(path: str | Path, *, verify: bool = False) -> dict:
         raise DataError(f"{path}: no such export folder")
     file = path / MANIFEST
     if not file.is_file():
-        raise DataError(f"{path}: not a complete export folder (no {MANIFEST}, which is written last); "
-                        f"run python -m distgnn.export")
+        raise DataError(
+            f"{path}: not a complete export folder (no {MANIFEST}, which is written last); run python -m distgnn.export"
+        )
     try:
         manifest = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{file}: not valid JSON ({err})") from None
-    for key, kind in (("checksums", dict), ("sizes", dict), ("indexes", dict), ("num_users", int),
-                      ("num_items", int), ("dim", int)):
+    for key, kind in (
+        ("checksums", dict),
+        ("sizes", dict),
+        ("indexes", dict),
+        ("num_users", int),
+        ("num_items", int),
+        ("dim", int),
+    ):
         if not isinstance(manifest.get(key), kind):
-            raise DataError(f"{file}: key '{key}' is missing or not a {kind.__name__}; the export is "
-                            "incomplete or from another tool")
+            raise DataError(
+                f"{file}: key '{key}' is missing or not a {kind.__name__}; the export is "
+                "incomplete or from another tool"
+            )
     listed = set(manifest["checksums"])
-    needed = set(EXPORT_FILES) | {entry.get("file") if isinstance(entry, dict) else None
-                                  for entry in manifest["indexes"].values()}
+    needed = set(EXPORT_FILES) | {
+        entry.get("file") if isinstance(entry, dict) else None for entry in manifest["indexes"].values()
+    }
     if needed - listed or listed != set(manifest["sizes"]):
         missing = sorted(str(n) for n in (needed - listed) | (listed ^ set(manifest["sizes"])))
         raise DataError(f"{file}: no checksum or size recorded for {', '.join(missing)}")
@@ -134,32 +153,47 @@ def read_manifest(path: str | Path, *, verify: bool = False) -> dict:
         if not target.is_file():
             raise DataError(f"{path}: file {name} listed in {MANIFEST} is missing")
         if target.stat().st_size != manifest["sizes"][name]:
-            raise DataError(f"{target}: {target.stat().st_size} bytes, {MANIFEST} records "
-                            f"{manifest['sizes'][name]}; the export is truncated or damaged")
+            raise DataError(
+                f"{target}: {target.stat().st_size} bytes, {MANIFEST} records "
+                f"{manifest['sizes'][name]}; the export is truncated or damaged"
+            )
         if verify and sha256_file(target) != digest:
             raise DataError(f"{target}: checksum differs from {MANIFEST}; the export is damaged")
     return manifest
 
 
-def exact_embeddings(model: torch.nn.Module, job: TrainJobConfig, graph: Graph, *, workers: int,
-                     chunk_size: int) -> tuple[torch.Tensor, dict]:
+def exact_embeddings(
+    model: torch.nn.Module, job: TrainJobConfig, graph: Graph, *, workers: int, chunk_size: int
+) -> tuple[torch.Tensor, dict]:
     """``[N, d]`` scoring vectors as training evaluates them (:func:`exact_vectors`), in this process
     (``workers=1``) or on ``workers`` Ray actors; and a record of how (for the manifest)."""
     t0 = time.perf_counter()
     if workers == 1:
         emb, info = exact_vectors(model, graph, job, chunk_size=chunk_size, progress=True), {}
     else:
-        emb, info = distributed_embeddings(model, job, graph, num_workers=workers, chunk_size=chunk_size,
-                                           progress=True)
-        emb = scoring_vectors(emb, model, cosine=job.cosine_scores, temperature=job.optim.temperature,
-                              num_users=graph.num_users)  # as exact_vectors does
-    return emb, {"workers": workers, "chunk_size": chunk_size, "embedding_s": round(time.perf_counter() - t0, 3),
-                 **info}
+        emb, info = distributed_embeddings(model, job, graph, num_workers=workers, chunk_size=chunk_size, progress=True)
+        emb = scoring_vectors(
+            emb, model, cosine=job.cosine_scores, temperature=job.optim.temperature, num_users=graph.num_users
+        )  # as exact_vectors does
+    return emb, {
+        "workers": workers,
+        "chunk_size": chunk_size,
+        "embedding_s": round(time.perf_counter() - t0, 3),
+        **info,
+    }
 
 
-def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] = ("flat", "ivf"),
-           dtype: str = "float32", chunk_size: int = 65536, use_gpu: str = "auto", workers: int = 1,
-           overwrite: bool = False) -> Path:
+def export(
+    run_dir: str | Path,
+    output: str | Path,
+    *,
+    indexes: tuple[str, ...] = ("flat", "ivf"),
+    dtype: str = "float32",
+    chunk_size: int = 65536,
+    use_gpu: str = "auto",
+    workers: int = 1,
+    overwrite: bool = False,
+) -> Path:
     """Compute, check and write an export; returns its folder. ``workers > 1`` computes the
     embeddings on that many Ray actors (:mod:`distgnn.serving.inference`); the result is the same.
     ``output`` is replaced only if it is an earlier export (or, with ``overwrite``, a folder
@@ -174,12 +208,15 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
     t0 = time.perf_counter()
     job, model, graph, info = load_run(run_dir)
     emb, inference = exact_embeddings(model, job, graph, workers=workers, chunk_size=chunk_size)
-    log.info("computed exact embeddings of %s nodes in %.1f s (%s)", f"{graph.num_nodes:,}",
-             inference["embedding_s"], "in process" if workers == 1 else f"{workers} Ray workers")
+    log.info(
+        "computed exact embeddings of %s nodes in %.1f s (%s)",
+        f"{graph.num_nodes:,}",
+        inference["embedding_s"],
+        "in process" if workers == 1 else f"{workers} Ray workers",
+    )
 
     # Same protocol and code as training's final test, so the two must agree.
-    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size,
-                    max_users=job.eval.max_users)
+    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size, max_users=job.eval.max_users)
     results_file = Path(run_dir) / RESULTS_FILE
     trained = json.loads(results_file.read_text())["test"] if results_file.exists() else {}
     for key, value in trained.items():
@@ -195,20 +232,24 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
         seen_item.append(t["item"].to_numpy())
     # Round to the storage type first, so the indexes hold exactly the vectors the files hold.
     stored = emb.numpy().astype(np.float16 if dtype == "float16" else np.float32)
-    user_vec, item_vec = stored[: graph.num_users], stored[graph.num_users:]
+    user_vec, item_vec = stored[: graph.num_users], stored[graph.num_users :]
 
     with atomic_folder(output, kind="export", overwrite=overwrite) as tmp:
         pq.write_table(embedding_table(users, user_vec), tmp / "users.parquet")
         pq.write_table(embedding_table(items, item_vec), tmp / "items.parquet")
-        pq.write_table(pa.table({"user": np.concatenate(seen_user), "item": np.concatenate(seen_item)}),
-                       tmp / "seen.parquet")
+        pq.write_table(
+            pa.table({"user": np.concatenate(seen_user), "item": np.concatenate(seen_item)}), tmp / "seen.parquet"
+        )
         index_info = {}
         for index_type in indexes:
             t1 = time.perf_counter()
             index = build_index(item_vec.astype(np.float32), index_type, metric="ip", use_gpu=use_gpu)
             save_index(index, tmp / f"index-{index_type}.faiss")
-            index_info[index_type] = {"file": f"index-{index_type}.faiss", "ntotal": int(index.ntotal),
-                                      "build_s": round(time.perf_counter() - t1, 3)}
+            index_info[index_type] = {
+                "file": f"index-{index_type}.faiss",
+                "ntotal": int(index.ntotal),
+                "build_s": round(time.perf_counter() - t1, 3),
+            }
         manifest: dict[str, Any] = {
             "distgnn_version": VERSION,
             "run": str(Path(run_dir).resolve()),
@@ -229,6 +270,10 @@ def export(run_dir: str | Path, output: str | Path, *, indexes: tuple[str, ...] 
         manifest["sizes"] = {name: (tmp / name).stat().st_size for name in manifest["checksums"]}
         # Last: a folder with a manifest is a complete one (see read_manifest).
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    log.info("wrote %s in %.1f s: test %s", output, time.perf_counter() - t0,
-             "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "num_users"))
+    log.info(
+        "wrote %s in %.1f s: test %s",
+        output,
+        time.perf_counter() - t0,
+        "  ".join(f"{k} {v:.4f}" for k, v in test.items() if k != "num_users"),
+    )
     return Path(output)

@@ -25,6 +25,7 @@ no framework, and no dependency. It makes one thread per connection (keep-alive 
 theirs), so it is meant for 127.0.0.1 or behind a proxy that bounds connections, not for the open
 internet: it has no authentication.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,9 @@ class RecommendationServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], export, *, omp_threads: int, default_index: str,
-                 max_k: int, max_body_bytes: int):
+    def __init__(
+        self, address: tuple[str, int], export, *, omp_threads: int, default_index: str, max_k: int, max_body_bytes: int
+    ):
         self.export = export
         self.omp_threads = omp_threads
         self.default_index = default_index
@@ -94,8 +96,13 @@ class RecommendationServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "num_users": self.num_users, "num_items": self.num_items,
-                "indexes": self.index_names, "default_index": self.default_index}
+        return {
+            "status": "ok",
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "indexes": self.index_names,
+            "default_index": self.default_index,
+        }
 
     def recommend_users(self, user_ids: list[str], k: int, index: str) -> dict[str, Any]:
         """Top-``k`` for known users; one result per requested id (repeats answered again)."""
@@ -106,8 +113,9 @@ class RecommendationServer(ThreadingHTTPServer):
             raise RequestError(HTTPStatus.NOT_FOUND, self._without_path(err)) from None
         by_user: dict[str, list] = {user: [] for user in unique}
         # a Python loop over result rows, at most MAX_USERS_PER_REQUEST * MAX_K: building the JSON is per row anyway
-        for user, item, score in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist(),
-                                     table["score"].to_pylist()):
+        for user, item, score in zip(
+            table["user_id"].to_pylist(), table["item_id"].to_pylist(), table["score"].to_pylist()
+        ):
             by_user[user].append({"item_id": item, "score": score})
         return {"results": [{"user_id": user, "items": by_user[user]} for user in user_ids]}
 
@@ -118,11 +126,20 @@ class RecommendationServer(ThreadingHTTPServer):
         if self.bias_column:
             xq[:, -1] = 1.0
         exclude = np.unique(rows)
-        D, I = search_excluding(self.export.index(index), xq, k, np.array([0, len(exclude)]), exclude,
-                                np.zeros(1, dtype=np.int64), metric="ip")
+        D, I = search_excluding(
+            self.export.index(index),
+            xq,
+            k,
+            np.array([0, len(exclude)]),
+            exclude,
+            np.zeros(1, dtype=np.int64),
+            metric="ip",
+        )
         valid = I[0] >= 0
-        items = [{"item_id": item, "score": score} for item, score in
-                 zip(np.asarray(self.export.item_ids)[I[0][valid]].tolist(), D[0][valid].tolist())]
+        items = [
+            {"item_id": item, "score": score}
+            for item, score in zip(np.asarray(self.export.item_ids)[I[0][valid]].tolist(), D[0][valid].tolist())
+        ]
         return {"results": [{"user_id": None, "items": items}]}
 
     def item_rows(self, raw_ids: list[str]) -> np.ndarray:
@@ -132,19 +149,29 @@ class RecommendationServer(ThreadingHTTPServer):
         found = self.sorted_items[slot] == query
         if not found.all():
             missing = query[~found][:5].tolist()
-            raise RequestError(HTTPStatus.NOT_FOUND, f"unknown item id(s) {', '.join(missing)} "
-                                                     f"(the export knows {self.num_items:,} items)")
+            raise RequestError(
+                HTTPStatus.NOT_FOUND,
+                f"unknown item id(s) {', '.join(missing)} (the export knows {self.num_items:,} items)",
+            )
         return self.item_order[slot]
 
     def _without_path(self, err: Exception) -> str:
         # the export's errors start with its folder: a server path clients need not see
         message = str(err)
         prefix = f"{self.export.path}: "
-        return message[len(prefix):] if message.startswith(prefix) else message
+        return message[len(prefix) :] if message.startswith(prefix) else message
 
 
-def make_server(export, host: str = "127.0.0.1", port: int = 0, threads: int = 1, *, index: str = "flat",
-                max_k: int = MAX_K, max_body_bytes: int = MAX_BODY_BYTES) -> RecommendationServer:
+def make_server(
+    export,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    threads: int = 1,
+    *,
+    index: str = "flat",
+    max_k: int = MAX_K,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> RecommendationServer:
     """A bound (not yet serving) HTTP server for ``export`` (from ``distgnn.load_export``).
 
     Args:
@@ -168,8 +195,9 @@ def make_server(export, host: str = "127.0.0.1", port: int = 0, threads: int = 1
         export.index(name)  # loads it; also keeps the lazy load out of concurrent requests
     export.index(index)  # an index the export lacks raises DataError naming those it has
     try:
-        return RecommendationServer((host, port), export, omp_threads=threads, default_index=index,
-                                    max_k=max_k, max_body_bytes=max_body_bytes)
+        return RecommendationServer(
+            (host, port), export, omp_threads=threads, default_index=index, max_k=max_k, max_body_bytes=max_body_bytes
+        )
     except OSError as err:
         raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
@@ -242,8 +270,10 @@ class RecommendationHandler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.BAD_REQUEST, f"Content-Length must be a byte count, got {length[:40]!r}")
         if int(length) > self.server.max_body_bytes:
             self.close_connection = True
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"body of {int(length):,} bytes is over the limit of {self.server.max_body_bytes:,}")
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {int(length):,} bytes is over the limit of {self.server.max_body_bytes:,}",
+            )
         return self.rfile.read(int(length))
 
     @staticmethod
@@ -287,14 +317,17 @@ class RecommendationHandler(BaseHTTPRequestHandler):
     def _check_k(self, k: Any) -> int:
         # bool is an int in Python, not in JSON
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.server.max_k:
-            raise RequestError(HTTPStatus.BAD_REQUEST,
-                               f"k must be an integer from 1 to {self.server.max_k}, got {_short(k)}")
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST, f"k must be an integer from 1 to {self.server.max_k}, got {_short(k)}"
+            )
         return k
 
     def _check_index(self, index: Any) -> str:
         if index not in self.server.index_names:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"index must be one of {', '.join(self.server.index_names)}, "
-                                                       f"got {_short(index)}")
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"index must be one of {', '.join(self.server.index_names)}, got {_short(index)}",
+            )
         return index
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
@@ -320,8 +353,11 @@ def _parse_k_text(text: str) -> int | str:
 
 def _raw_ids(request: dict, name: str, limit: int) -> list[str]:
     ids = request[name]
-    if (not isinstance(ids, list) or not 1 <= len(ids) <= limit
-            or not all(isinstance(i, str | int) and not isinstance(i, bool) for i in ids)):
+    if (
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= limit
+        or not all(isinstance(i, str | int) and not isinstance(i, bool) for i in ids)
+    ):
         raise RequestError(HTTPStatus.BAD_REQUEST, f"{name} must be a list of 1 to {limit:,} raw ids (strings)")
     return [str(i) for i in ids]
 
@@ -329,8 +365,9 @@ def _raw_ids(request: dict, name: str, limit: int) -> list[str]:
 def _reject_unknown(given, known: tuple[str, ...], what: str) -> None:
     unknown = sorted(set(given) - set(known))
     if unknown:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"unknown {what}(s) {', '.join(map(_short, unknown))} "
-                                                   f"(known: {', '.join(known)})")
+        raise RequestError(
+            HTTPStatus.BAD_REQUEST, f"unknown {what}(s) {', '.join(map(_short, unknown))} (known: {', '.join(known)})"
+        )
 
 
 def _short(value: Any) -> str:

@@ -11,6 +11,7 @@ normalised when added and the queries when searched, so :func:`search` must be t
 Names follow FAISS: ``xb [n, d]`` base vectors, ``xq [q, d]`` queries, ``k`` results per query,
 ``D, I`` scores and ids of the results, ``nprobe`` IVF lists visited per query.
 """
+
 from __future__ import annotations
 
 import functools
@@ -60,8 +61,7 @@ def choose_index_params(num_vectors: int, dim: int) -> dict[str, int]:
     """
     if num_vectors < 1 or dim < 1:
         raise ValueError(f"need at least one vector of positive dimension, got {num_vectors} x {dim}")
-    nlist = int(min(max(1, round(4 * math.sqrt(num_vectors))),
-                    max(1, num_vectors // _MIN_POINTS_PER_CENTROID)))
+    nlist = int(min(max(1, round(4 * math.sqrt(num_vectors))), max(1, num_vectors // _MIN_POINTS_PER_CENTROID)))
     pq_m = max([m for m in range(1, dim // 4 + 1) if dim % m == 0], default=1)
     pq_nbits = int(min(8, max(1, math.floor(math.log2(max(2, num_vectors / _MIN_POINTS_PER_CENTROID))))))
     return {
@@ -150,8 +150,7 @@ def _has_hnsw(index: faiss.Index) -> bool:
     return hasattr(faiss.downcast_index(index), "hnsw")
 
 
-def set_search_params(index: faiss.Index, *, nprobe: int | None = None,
-                      ef_search: int | None = None) -> None:
+def set_search_params(index: faiss.Index, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
     """Set the search-time knobs of a built or loaded index (also every shard of an IndexShards).
 
     ``nprobe`` applies to IVF indexes, ``ef_search`` to HNSW; asking for one the index does not have
@@ -239,15 +238,16 @@ def build_index(
         sample = np.sort(rng.choice(num_vectors, num_train, replace=False))
         index.train(_prepare(xb[sample], metric))
     for chunk_start in range(0, num_vectors, _ADD_CHUNK_ROWS):
-        index.add(_prepare(xb[chunk_start:chunk_start + _ADD_CHUNK_ROWS], metric))
+        index.add(_prepare(xb[chunk_start : chunk_start + _ADD_CHUNK_ROWS], metric))
 
     if ivf is not None:
         # the default follows the index's own nlist, which a raw factory string may have set
         # precedence: the nprobe argument, then an index_params override, then the default for the
         # index's own nlist (which a raw factory string may have set)
         if nprobe is None:
-            nprobe = int(index_params["nprobe"]) if index_params and "nprobe" in index_params \
-                else default_nprobe(ivf.nlist)
+            nprobe = (
+                int(index_params["nprobe"]) if index_params and "nprobe" in index_params else default_nprobe(ivf.nlist)
+            )
         set_search_params(index, nprobe=nprobe)
     elif nprobe is not None:
         raise ConfigError(f"nprobe applies to IVF indexes only, not {factory!r}")
@@ -256,13 +256,19 @@ def build_index(
     elif ef_search is not None:
         raise ConfigError(f"ef_search applies to HNSW indexes only, not {factory!r}")
 
-    logger.info("built %s (%s) over %d x %d on %s in %.1f s", factory, metric, num_vectors, dim,
-                "GPU" if on_gpu else "CPU", time.perf_counter() - start)
+    logger.info(
+        "built %s (%s) over %d x %d on %s in %.1f s",
+        factory,
+        metric,
+        num_vectors,
+        dim,
+        "GPU" if on_gpu else "CPU",
+        time.perf_counter() - start,
+    )
     return index
 
 
-def search(index: faiss.Index, xq: np.ndarray | torch.Tensor, k: int, *,
-           metric: str) -> tuple[np.ndarray, np.ndarray]:
+def search(index: faiss.Index, xq: np.ndarray | torch.Tensor, k: int, *, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` by inner product (cosine: queries normalised first, as the base vectors were).
 
     Args:
@@ -399,9 +405,17 @@ def build_sharded_index(
     # not threaded: each shard's search already spreads queries over all cores with OpenMP
     shards = faiss.IndexShards(xb.shape[1], False, True)
     for shard_id, start in enumerate(range(0, len(xb), max_shard_size)):
-        shard = build_index(xb[start:start + max_shard_size], index_type, metric=metric,
-                            train_size=train_size, nprobe=nprobe, ef_search=ef_search,
-                            seed=seed + shard_id, use_gpu=use_gpu, index_params=index_params)
+        shard = build_index(
+            xb[start : start + max_shard_size],
+            index_type,
+            metric=metric,
+            train_size=train_size,
+            nprobe=nprobe,
+            ef_search=ef_search,
+            seed=seed + shard_id,
+            use_gpu=use_gpu,
+            index_params=index_params,
+        )
         shards.add_shard(shard)  # faiss's wrapper keeps a reference, so the shard stays alive
     return shards
 
@@ -437,7 +451,8 @@ def load_sharded_index(directory: str | os.PathLike) -> faiss.IndexShards:
     for name, expected in zip(manifest["files"], manifest["ntotal"], strict=True):
         shard = load_index(os.path.join(directory, name))
         if shard.ntotal != expected:
-            raise DataError(f"{os.path.join(directory, name)}: holds {shard.ntotal} vectors, "
-                            f"{SHARD_MANIFEST} says {expected}")
+            raise DataError(
+                f"{os.path.join(directory, name)}: holds {shard.ntotal} vectors, {SHARD_MANIFEST} says {expected}"
+            )
         shards.add_shard(shard)  # faiss's wrapper keeps a reference, so the shard stays alive
     return shards

@@ -14,6 +14,7 @@ Why actors rather than tasks: an actor builds the adjacency of its rows once, fr
 graph directory (it reads only its own rows of ``indices``), and keeps it for every layer; tasks
 would rebuild it, or ship it, at each layer.
 """
+
 from __future__ import annotations
 
 import logging
@@ -69,8 +70,7 @@ class LayerWorker:
         chunk_size: destination rows per chunk; bounds the size of one sparse product.
     """
 
-    def __init__(self, job: TrainJobConfig, graph_path: str, state: dict, start: int, stop: int,
-                 chunk_size: int):
+    def __init__(self, job: TrainJobConfig, graph_path: str, state: dict, start: int, stop: int, chunk_size: int):
         torch.set_num_threads(1)  # one CPU reserved per actor
         self.memory_at_start = psutil.Process().memory_full_info()  # imports done, nothing loaded
         graph = load_graph(graph_path)
@@ -90,12 +90,17 @@ class LayerWorker:
 
     def describe(self) -> dict:
         """Rows, CSR entries and bytes this actor holds (also tells the driver it is ready)."""
-        held = sum(a.crow_indices().nbytes + a.col_indices().nbytes + a.values().nbytes + r.nbytes
-                   for r, a in self.chunks)
-        return {"start": self.start, "stop": self.stop,
-                "nnz": sum(a.col_indices().numel() for _, a in self.chunks),
-                "held_mb": held / 2**20, "rss_at_start_mb": self.memory_at_start.rss / 2**20,
-                "uss_at_start_mb": self.memory_at_start.uss / 2**20}
+        held = sum(
+            a.crow_indices().nbytes + a.col_indices().nbytes + a.values().nbytes + r.nbytes for r, a in self.chunks
+        )
+        return {
+            "start": self.start,
+            "stop": self.stop,
+            "nnz": sum(a.col_indices().numel() for _, a in self.chunks),
+            "held_mb": held / 2**20,
+            "rss_at_start_mb": self.memory_at_start.rss / 2**20,
+            "uss_at_start_mb": self.memory_at_start.uss / 2**20,
+        }
 
     @torch.no_grad()
     def layer(self, index: int, x: np.ndarray) -> np.ndarray:
@@ -107,7 +112,7 @@ class LayerWorker:
         out = torch.empty(self.stop - self.start, x.shape[1], dtype=x.dtype)
         for rows, adj_t in self.chunks:
             first = int(rows[0]) - self.start
-            out[first:first + rows.numel()] = self.model.layer(index, x, adj_t, x[rows])
+            out[first : first + rows.numel()] = self.model.layer(index, x, adj_t, x[rows])
         return out.numpy()
 
     def memory_mb(self) -> dict:
@@ -118,8 +123,15 @@ class LayerWorker:
 
 
 @torch.no_grad()
-def distributed_embeddings(model: Recommender, job: TrainJobConfig, graph: Graph, *, num_workers: int,
-                           chunk_size: int = 65536, progress: bool = False) -> tuple[Tensor, dict]:
+def distributed_embeddings(
+    model: Recommender,
+    job: TrainJobConfig,
+    graph: Graph,
+    *,
+    num_workers: int,
+    chunk_size: int = 65536,
+    progress: bool = False,
+) -> tuple[Tensor, dict]:
     """Exact ``[N, d]`` embeddings of every node (before any cosine normalisation), computed
     layer-wise by ``num_workers`` Ray actors; equal to :func:`full_graph_embeddings`.
 
@@ -137,16 +149,16 @@ def distributed_embeddings(model: Recommender, job: TrainJobConfig, graph: Graph
     ranges = row_ranges(graph.indptr, num_workers)
     state = ray.put({k: v.cpu() for k, v in model.state_dict().items() if k != NODE_TABLE})
     remote_worker = ray.remote(num_cpus=1)(LayerWorker)
-    workers = [remote_worker.remote(job, str(graph.path.resolve()), state, start, stop, chunk_size)
-               for start, stop in ranges]
+    workers = [
+        remote_worker.remote(job, str(graph.path.resolve()), state, start, stop, chunk_size) for start, stop in ranges
+    ]
     try:
         described = ray.get([w.describe.remote() for w in workers])
         info["workers_start_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         x = model.inputs(torch.arange(model.embedding.num_embeddings)).detach().cpu().contiguous()
         out = model.readout(None, x)
-        for index in tqdm(range(model.num_layers), desc="layer-wise inference", unit="layer",
-                          disable=not progress):
+        for index in tqdm(range(model.num_layers), desc="layer-wise inference", unit="layer", disable=not progress):
             table = ray.put(x.numpy())
             x = torch.from_numpy(np.concatenate(ray.get([w.layer.remote(index, table) for w in workers])))
             out = model.readout(out, x)
@@ -156,6 +168,11 @@ def distributed_embeddings(model: Recommender, job: TrainJobConfig, graph: Graph
         for w in workers:
             ray.kill(w)
     info["per_worker"] = [{**d, **m} for d, m in zip(described, memory)]
-    log.info("%d Ray workers: started in %.1f s, %d layers in %.1f s", len(workers), info["workers_start_s"],
-             model.num_layers, info["layers_s"])
+    log.info(
+        "%d Ray workers: started in %.1f s, %d layers in %.1f s",
+        len(workers),
+        info["workers_start_s"],
+        model.num_layers,
+        info["layers_s"],
+    )
     return out, info

@@ -8,6 +8,7 @@ Python API for services::
     export = distgnn.load_export("exports/my-run")
     table = export.recommend(["17", "42"], k=10)          # pyarrow Table: user_id, rank, item_id, score
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -54,20 +55,25 @@ class Export:
         known = self._sorted_ids[position] == query
         if not known.all():
             missing = query[~known]
-            raise DataError(f"{self.path}: unknown user id(s) {', '.join(map(str, missing[:5]))} "
-                            f"(the export knows {len(self.user_ids):,} users)")
+            raise DataError(
+                f"{self.path}: unknown user id(s) {', '.join(map(str, missing[:5]))} "
+                f"(the export knows {len(self.user_ids):,} users)"
+            )
         return self._order[position].astype(np.int64)
 
     def index(self, index_type: str):
         if index_type not in self.manifest["indexes"]:
-            raise DataError(f"{self.path}: no '{index_type}' index in this export "
-                            f"(has: {', '.join(self.manifest['indexes'])})")
+            raise DataError(
+                f"{self.path}: no '{index_type}' index in this export (has: {', '.join(self.manifest['indexes'])})"
+            )
         if index_type not in self._indexes:
             file = inside(self.path, self.manifest["indexes"][index_type]["file"], MANIFEST)
             index = load_index(file)
             if index.ntotal != len(self.item_ids) or index.d != self.item_emb.shape[1]:
-                raise DataError(f"{file}: holds {index.ntotal} vectors of dimension {index.d}, expected "
-                                f"{len(self.item_ids)} of dimension {self.item_emb.shape[1]}")
+                raise DataError(
+                    f"{file}: holds {index.ntotal} vectors of dimension {index.d}, expected "
+                    f"{len(self.item_ids)} of dimension {self.item_emb.shape[1]}"
+                )
             self._indexes[index_type] = index
         return self._indexes[index_type]
 
@@ -77,16 +83,29 @@ class Export:
         if not user_ids:
             raise DataError("no user ids given")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self.item_ids):
-            raise DataError(f"k: expected a whole number from 1 to {len(self.item_ids)} (the number of items), "
-                            f"got {k!r}")
+            raise DataError(
+                f"k: expected a whole number from 1 to {len(self.item_ids)} (the number of items), got {k!r}"
+            )
         rows = self.user_index(user_ids)
-        D, I = search_excluding(self.index(index), self.user_emb[rows], k, self.seen_indptr,
-                                self.seen_indices, torch.from_numpy(rows), metric="ip")
+        D, I = search_excluding(
+            self.index(index),
+            self.user_emb[rows],
+            k,
+            self.seen_indptr,
+            self.seen_indices,
+            torch.from_numpy(rows),
+            metric="ip",
+        )
         valid = I >= 0
         b, r = np.nonzero(valid)
-        return pa.table({"user_id": pa.array(np.asarray([str(u) for u in user_ids])[b]),
-                         "rank": pa.array(r + 1), "item_id": pa.array(self.item_ids[I[valid]]),
-                         "score": pa.array(D[valid].astype(np.float32))})
+        return pa.table(
+            {
+                "user_id": pa.array(np.asarray([str(u) for u in user_ids])[b]),
+                "rank": pa.array(r + 1),
+                "item_id": pa.array(self.item_ids[I[valid]]),
+                "score": pa.array(D[valid].astype(np.float32)),
+            }
+        )
 
 
 def load_export(path: str | Path, *, verify: bool = False) -> Export:
@@ -99,15 +118,27 @@ def load_export(path: str | Path, *, verify: bool = False) -> Export:
     manifest = read_manifest(path, verify=verify)
     user_ids, user_emb = read_embeddings(path / "users.parquet")
     item_ids, item_emb = read_embeddings(path / "items.parquet")
-    for file, vectors, count in (("users.parquet", user_emb, manifest["num_users"]),
-                                 ("items.parquet", item_emb, manifest["num_items"])):
+    for file, vectors, count in (
+        ("users.parquet", user_emb, manifest["num_users"]),
+        ("items.parquet", item_emb, manifest["num_items"]),
+    ):
         if vectors.shape != (count, manifest["dim"]):
-            raise DataError(f"{path / file}: {vectors.shape[0]} vectors of dimension {vectors.shape[1]}, "
-                            f"{MANIFEST} records {count} of dimension {manifest['dim']}")
+            raise DataError(
+                f"{path / file}: {vectors.shape[0]} vectors of dimension {vectors.shape[1]}, "
+                f"{MANIFEST} records {count} of dimension {manifest['dim']}"
+            )
     seen = _read_seen(path / "seen.parquet", len(user_ids), len(item_ids))
     sets = item_sets_from_pairs(seen[0], seen[1], len(user_ids))
-    return Export(path=path, manifest=manifest, user_ids=pa.array(user_ids.astype(str)), item_ids=item_ids,
-                  user_emb=user_emb, item_emb=item_emb, seen_indptr=sets.indptr, seen_indices=sets.indices)
+    return Export(
+        path=path,
+        manifest=manifest,
+        user_ids=pa.array(user_ids.astype(str)),
+        item_ids=item_ids,
+        user_emb=user_emb,
+        item_emb=item_emb,
+        seen_indptr=sets.indptr,
+        seen_indices=sets.indices,
+    )
 
 
 def _read_seen(path: Path, num_users: int, num_items: int) -> tuple[np.ndarray, np.ndarray]:

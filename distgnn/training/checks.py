@@ -15,29 +15,42 @@ def check_job(job: TrainJobConfig) -> None:
     do not go together (each refusal says why)."""
     names = [f"{m}@{k}" for k in job.eval.ks for m in RANKING_METRICS]
     if job.eval.metric not in names:
-        raise ConfigError(f"config key 'eval.metric': {job.eval.metric!r} is not computed with "
-                          f"eval.ks={list(job.eval.ks)} (one of {', '.join(names)})")
+        raise ConfigError(
+            f"config key 'eval.metric': {job.eval.metric!r} is not computed with "
+            f"eval.ks={list(job.eval.ks)} (one of {', '.join(names)})"
+        )
     num_layers = 0 if job.model.name == "mf" else job.model.num_layers
     if num_layers and len(job.sampler.num_neighbors) != num_layers:
-        raise ConfigError(f"config key 'sampler.num_neighbors': expected {num_layers} values "
-                          f"(one per layer of model.num_layers), got {len(job.sampler.num_neighbors)}")
+        raise ConfigError(
+            f"config key 'sampler.num_neighbors': expected {num_layers} values "
+            f"(one per layer of model.num_layers), got {len(job.sampler.num_neighbors)}"
+        )
     if job.run.name:
         check_plain_name(job.run.name, "config key 'run.name'")
     if job.optim.contrastive_weight > 0 and job.model.name != "lightgcn":
         raise ConfigError("config key 'optim.contrastive_weight': the SimGCL term needs model.name lightgcn")
     if job.model.item_bias and job.optim.loss != "softmax":
-        raise ConfigError("config key 'model.item_bias': needs optim.loss softmax (a BPR model's dot "
-                          "products carry popularity in their norms)")
+        raise ConfigError(
+            "config key 'model.item_bias': needs optim.loss softmax (a BPR model's dot "
+            "products carry popularity in their norms)"
+        )
     if job.optim.hard_negative_pool > 1 and job.sampler.num_workers:  # loader processes hold stale vectors
-        raise ConfigError("config key 'sampler.num_workers': hard negatives (optim.hard_negative_pool) are mined "
-                          "with the model of the epoch's start, which loader processes would not see; use 0")
+        raise ConfigError(
+            "config key 'sampler.num_workers': hard negatives (optim.hard_negative_pool) are mined "
+            "with the model of the epoch's start, which loader processes would not see; use 0"
+        )
     if job.cluster.partitioned:
         if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights would need DDP next to the shards
-            raise ConfigError(f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, "
-                              f"not {job.model.name!r}")
+            raise ConfigError(
+                f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, not {job.model.name!r}"
+            )
         if job.sampler.num_workers:  # every hop of its sampling is a collective of all training workers
-            raise ConfigError("config key 'sampler.num_workers': not supported with cluster.partitioned "
-                              "(its sampling is a collective of the training workers)")
+            raise ConfigError(
+                "config key 'sampler.num_workers': not supported with cluster.partitioned "
+                "(its sampling is a collective of the training workers)"
+            )
         if job.optim.hard_negative_pool > 1:  # mining scores every item against each user on every worker
-            raise ConfigError("config key 'optim.hard_negative_pool': not supported with cluster.partitioned "
-                              "(mining needs every item's vector on every worker)")
+            raise ConfigError(
+                "config key 'optim.hard_negative_pool': not supported with cluster.partitioned "
+                "(mining needs every item's vector on every worker)"
+            )

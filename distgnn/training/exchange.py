@@ -45,8 +45,9 @@ def cpu_group() -> Any:
     return _group
 
 
-def exchange(send: Tensor, send_counts: Tensor, traffic: Traffic | None = None, *,
-             recv_counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def exchange(
+    send: Tensor, send_counts: Tensor, traffic: Traffic | None = None, *, recv_counts: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """All-to-all of variable-sized blocks of rows.
 
     Args:
@@ -65,8 +66,7 @@ def exchange(send: Tensor, send_counts: Tensor, traffic: Traffic | None = None, 
         recv_counts = torch.empty_like(send_counts)
         tdist.all_to_all_single(recv_counts, send_counts, group=group)
     received = send.new_empty((int(recv_counts.sum()),) + tuple(send.shape[1:]))
-    tdist.all_to_all_single(received, send.contiguous(), recv_counts.tolist(), send_counts.tolist(),
-                            group=group)
+    tdist.all_to_all_single(received, send.contiguous(), recv_counts.tolist(), send_counts.tolist(), group=group)
     if traffic is not None:
         row_bytes = send.element_size() * (send[0].numel() if send.dim() > 1 else 1)
         others = int(send_counts.sum()) - int(send_counts[dist.rank()])
@@ -88,7 +88,6 @@ def block_sums(values: Tensor, counts: Tensor) -> Tensor:
     return ends[bounds[1:]] - ends[bounds[:-1]]
 
 
-
 # Row-sharded tables
 
 
@@ -102,8 +101,9 @@ class Fetched:
     asked_counts: Tensor  # [P] rows each rank requested from this worker
 
 
-def fetch_rows(lookup: Callable[[Tensor], Tensor], partition: Partition, nodes: Tensor,
-               traffic: Traffic | None = None) -> tuple[Tensor, Fetched]:
+def fetch_rows(
+    lookup: Callable[[Tensor], Tensor], partition: Partition, nodes: Tensor, traffic: Traffic | None = None
+) -> tuple[Tensor, Fetched]:
     """Rows of ``nodes`` (global ids) from the workers that own them.
 
     Args:
@@ -130,9 +130,6 @@ def push_gradients(x: Tensor, fetched: Fetched, traffic: Traffic | None = None) 
     rows: the average over workers of the gradients of each row (a row used by several workers
     gets their sum over the number of workers, as DDP's all-reduce gives)."""
     grad = x.grad if x.grad is not None else torch.zeros_like(x)
-    back, _ = exchange(grad.index_select(0, fetched.order), fetched.counts, traffic,
-                       recv_counts=fetched.asked_counts)
+    back, _ = exchange(grad.index_select(0, fetched.order), fetched.counts, traffic, recv_counts=fetched.asked_counts)
     # averaged over workers, as the replicated strategy's exchange and DDP do
     fetched.served.backward(back / dist.world_size())
-
-

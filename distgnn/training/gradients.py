@@ -60,8 +60,9 @@ def average_rows_densely(ids: Tensor, values: Tensor, shape: torch.Size) -> Tens
     table.index_add_(0, ids, torch.cat([values, values.new_ones((values.shape[0], 1))], dim=1))
     tdist.all_reduce(table)
     rows = torch.nonzero(table[:, -1]).flatten()  # sorted and unique: already coalesced
-    return torch.sparse_coo_tensor(rows[None], table[:, :-1].index_select(0, rows) / dist.world_size(), shape,
-                                   is_coalesced=True)
+    return torch.sparse_coo_tensor(
+        rows[None], table[:, :-1].index_select(0, rows) / dist.world_size(), shape, is_coalesced=True
+    )
 
 
 def average_dense(params: list[Tensor]) -> None:
@@ -74,7 +75,7 @@ def average_dense(params: list[Tensor]) -> None:
     flat /= dist.world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -89,8 +90,11 @@ def average_gradients(model: nn.Module) -> None:
         if id(param) in tables:
             grad = param.grad
             if grad is None:  # untouched here, maybe not elsewhere: still join the collective
-                grad = torch.sparse_coo_tensor(torch.empty(1, 0, dtype=torch.long, device=param.device),
-                                               param.new_empty((0, *param.shape[1:])), param.shape)
+                grad = torch.sparse_coo_tensor(
+                    torch.empty(1, 0, dtype=torch.long, device=param.device),
+                    param.new_empty((0, *param.shape[1:])),
+                    param.shape,
+                )
             param.grad = average_touched_rows(grad)
         elif param.requires_grad:
             dense.append(param)

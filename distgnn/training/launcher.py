@@ -77,17 +77,24 @@ def launch(job: TrainJobConfig, run_dir: Path) -> dict[str, Any]:
 
     start_ray(job.cluster.address, verbose=job.run.verbose)
     use_gpu = job.cluster.use_gpu == "true" or (
-        job.cluster.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+        job.cluster.use_gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0
+    )
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config={"job": config_to_dict(job), "run_dir": str(run_dir.resolve())},
-        scaling_config=ScalingConfig(num_workers=job.cluster.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": job.cluster.cpus_per_worker}),
-        run_config=RunConfig(name="ray", storage_path=storage_path(job, run_dir),
-                             failure_config=FailureConfig(max_failures=job.cluster.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             # Ray's per-report and per-checkpoint lines are noise to a person
-                             logging_config=LoggingConfig(log_level="INFO" if job.run.verbose else "WARNING")),
+        scaling_config=ScalingConfig(
+            num_workers=job.cluster.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": job.cluster.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name="ray",
+            storage_path=storage_path(job, run_dir),
+            failure_config=FailureConfig(max_failures=job.cluster.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # Ray's per-report and per-checkpoint lines are noise to a person
+            logging_config=LoggingConfig(log_level="INFO" if job.run.verbose else "WARNING"),
+        ),
     )
     result = trainer.fit()
     if result.error is not None:
@@ -109,8 +116,10 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
             verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))
     if job.cluster.partitioned:
-        raise ConfigError("config key 'cluster.partitioned': needs a partitioned --graph (python -m "
-                          "distgnn.partition --graph DIR --partitions N, N = cluster.num_workers)")
+        raise ConfigError(
+            "config key 'cluster.partitioned': needs a partitioned --graph (python -m "
+            "distgnn.partition --graph DIR --partitions N, N = cluster.num_workers)"
+        )
     from distgnn.data.prepare import prepare
 
     s = job.synthetic

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 ReportFn = Callable[[dict, "Path | None"], None]
 
 
-def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn | None = None,
-        restore: Path | None = None) -> dict[str, Any]:
+def fit(
+    job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn | None = None, restore: Path | None = None
+) -> dict[str, Any]:
     """Train, validate every ``eval.every`` epochs, checkpoint, stop early; then test the best model.
 
     Args:
@@ -51,8 +52,9 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
     o, e = job.optim, job.eval
     start_epoch, history, best = 0, [], None
     if restore is not None:
-        state = load_training_state(restore, model=strategy.model, optimizers=strategy.optimizers,
-                                    name=strategy.state_file)
+        state = load_training_state(
+            restore, model=strategy.model, optimizers=strategy.optimizers, name=strategy.state_file
+        )
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         log.info("resumed from %s at epoch %d", restore, start_epoch)
     loader, num_edges = strategy.make_loader(start_epoch)
@@ -60,11 +62,19 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
     if o.max_steps_per_epoch:
         steps = min(steps, o.max_steps_per_epoch)
     if steps == 0:
-        raise ConfigError(f"config key 'optim.batch_size': {o.batch_size} exceeds a worker's {num_edges} "
-                          "training edges; use fewer workers or smaller batches")
+        raise ConfigError(
+            f"config key 'optim.batch_size': {o.batch_size} exceeds a worker's {num_edges} "
+            "training edges; use fewer workers or smaller batches"
+        )
     split = strategy.eval_split
-    log.info("%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s", dist.world_size(),
-             f"{num_edges:,}", steps, o.batch_size, split)
+    log.info(
+        "%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s",
+        dist.world_size(),
+        f"{num_edges:,}",
+        steps,
+        o.batch_size,
+        split,
+    )
 
     spent_s = sum(h["train_s"] + h.get("eval_s", 0.0) for h in history)
     for epoch in range(start_epoch, o.epochs):
@@ -76,12 +86,16 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
         loss_sum, clock = train_steps(strategy, loader, steps, o, epoch, profile=job.run.profile)
         train_s = dist.all_reduce_max(time.perf_counter() - t0)  # the slowest rank: same history everywhere
         totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps, **clock.seconds})
-        record: dict[str, Any] = {"epoch": epoch, "loss": totals["loss"] / totals["steps"], "steps": steps,
-                                  "train_s": round(train_s, 3),
-                                  "edges_per_s": round(totals["steps"] * o.batch_size / train_s, 1),
-                                  # mean over workers, ms per step: where a step's time goes
-                                  "step_ms": {k: round(1000 * totals[k] / totals["steps"], 2) for k in clock.seconds},
-                                  **strategy.epoch_stats(steps)}
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": totals["loss"] / totals["steps"],
+            "steps": steps,
+            "train_s": round(train_s, 3),
+            "edges_per_s": round(totals["steps"] * o.batch_size / train_s, 1),
+            # mean over workers, ms per step: where a step's time goes
+            "step_ms": {k: round(1000 * totals[k] / totals["steps"], 2) for k in clock.seconds},
+            **strategy.epoch_stats(steps),
+        }
         if (epoch + 1) % e.every == 0 or epoch == o.epochs - 1:
             strategy.model.eval()
             t1 = time.perf_counter()
@@ -96,8 +110,7 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
         if dist.rank() == 0:
             write_history(run_dir, history)
             log.info(epoch_line(record, e.metric))
-        stop = (split == "val" and e.patience > 0 and best is not None
-                and epoch - best["epoch"] >= e.patience * e.every)
+        stop = split == "val" and e.patience > 0 and best is not None and epoch - best["epoch"] >= e.patience * e.every
         report_epoch(report, {**flat_metrics(record), "stop": stop}, strategy, epoch, history, best)
         if stop:
             log.info("no %s improvement for %d epochs: stopping early", e.metric, epoch - best["epoch"])
@@ -106,11 +119,18 @@ def fit(job: TrainJobConfig, run_dir: Path, strategy: Any, *, report: ReportFn |
     training_peak_mb = dist.all_reduce_max(peak_rss_mb())  # before the final evaluation's buffers
     info = strategy.load_best(run_dir)
     strategy.model.eval()
-    results = {"model": job.model.name, "best_epoch": info["epoch"], "test": strategy.evaluate("test"),
-               "popularity_test": strategy.popularity("test"), "epochs_run": len(history),
-               "train_s": sum(h["train_s"] for h in history), "num_workers": dist.world_size(),
-               "peak_rss_mb_per_worker": dist.all_reduce_max(peak_rss_mb()), "peak_rss_mb_training": training_peak_mb,
-               **strategy.results(history)}
+    results = {
+        "model": job.model.name,
+        "best_epoch": info["epoch"],
+        "test": strategy.evaluate("test"),
+        "popularity_test": strategy.popularity("test"),
+        "epochs_run": len(history),
+        "train_s": sum(h["train_s"] for h in history),
+        "num_workers": dist.world_size(),
+        "peak_rss_mb_per_worker": dist.all_reduce_max(peak_rss_mb()),
+        "peak_rss_mb_training": training_peak_mb,
+        **strategy.results(history),
+    }
     if dist.rank() == 0:
         write_json_atomic(results, run_dir / RESULTS_FILE)
     if report is not None:
@@ -143,8 +163,9 @@ class StepClock:
         self.lap("wait")
 
 
-def train_steps(strategy: Any, loader, steps: int, o: OptimConfig, epoch: int, *,
-                profile: bool = False) -> tuple[torch.Tensor, StepClock]:
+def train_steps(
+    strategy: Any, loader, steps: int, o: OptimConfig, epoch: int, *, profile: bool = False
+) -> tuple[torch.Tensor, StepClock]:
     """One epoch's ``steps`` steps: loss, backward, gradient averaging, update. Returns the summed
     loss and where the time went."""
     strategy.begin_epoch()
@@ -200,8 +221,9 @@ def flat_metrics(record: dict) -> dict:
     return out
 
 
-def report_epoch(report: ReportFn | None, metrics: dict, strategy: Any, epoch: int, history: list,
-                 best: dict | None) -> None:
+def report_epoch(
+    report: ReportFn | None, metrics: dict, strategy: Any, epoch: int, history: list, best: dict | None
+) -> None:
     """Report an epoch with a checkpoint: rank 0's copy of a replicated state, or every rank's own
     shard (Ray merges the files into one folder)."""
     if report is None:
@@ -209,8 +231,15 @@ def report_epoch(report: ReportFn | None, metrics: dict, strategy: Any, epoch: i
     with tempfile.TemporaryDirectory() as tmp:
         folder = None
         if strategy.every_rank_checkpoints or dist.rank() == 0:
-            folder = save_training_state(Path(tmp), model=strategy.model, optimizers=strategy.optimizers,
-                                         epoch=epoch, history=history, best=best, name=strategy.state_file)
+            folder = save_training_state(
+                Path(tmp),
+                model=strategy.model,
+                optimizers=strategy.optimizers,
+                epoch=epoch,
+                history=history,
+                best=best,
+                name=strategy.state_file,
+            )
         report(metrics, folder)
 
 
@@ -225,8 +254,10 @@ def maybe_crash(job: TrainJobConfig, run_dir: Path, epoch: int) -> None:
 
 def epoch_line(record: dict, metric: str) -> str:
     """One log line per epoch: loss, time, throughput and the validation metrics."""
-    text = (f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  train {record['train_s']:.1f}s  "
-            f"{record['edges_per_s']:,.0f} edges/s")
+    text = (
+        f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  train {record['train_s']:.1f}s  "
+        f"{record['edges_per_s']:,.0f} edges/s"
+    )
     if "eval" in record:
         shown = dict.fromkeys([metric, "recall@20", "ndcg@20"])
         text += "".join(f"  {record['eval_split']} {m} {record['eval'][m]:.4f}" for m in shown if m in record["eval"])

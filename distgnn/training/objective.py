@@ -39,10 +39,18 @@ def positive_cells(indptr: Tensor, indices: Tensor, user_rows: Tensor, candidate
     return segment[hit], order[loc[hit]]
 
 
-def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, o: OptimConfig,
-              item_log_q: Tensor | None, positives: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], *,
-              num_users: int, user_rows: Tensor | None = None,
-              item_bias: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def link_loss(
+    out: Tensor,
+    ego: Callable[[Tensor], Tensor],
+    batch: Data,
+    o: OptimConfig,
+    item_log_q: Tensor | None,
+    positives: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    *,
+    num_users: int,
+    user_rows: Tensor | None = None,
+    item_bias: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """BPR or sampled-softmax loss of a batch from the subgraph's output embeddings ``out [n, d]``.
 
     Args:
@@ -66,9 +74,15 @@ def link_loss(out: Tensor, ego: Callable[[Tensor], Tensor], batch: Data, o: Opti
         cand_nodes, cand_emb = share_candidates(cand_nodes, cand_emb)
     rows, cols = positives(n_id[user_local] if user_rows is None else user_rows, cand_nodes)
     log_q = item_log_q[cand_nodes - num_users].to(device) if item_log_q is not None else None
-    loss = sampled_softmax_loss(out[user_local.to(device)], cand_emb, target.to(device),
-                                temperature=o.temperature, masked=(rows.to(device), cols.to(device)),
-                                log_q=log_q, item_bias=None if item_bias is None else item_bias(cand_nodes))
+    loss = sampled_softmax_loss(
+        out[user_local.to(device)],
+        cand_emb,
+        target.to(device),
+        temperature=o.temperature,
+        masked=(rows.to(device), cols.to(device)),
+        log_q=log_q,
+        item_bias=None if item_bias is None else item_bias(cand_nodes),
+    )
     return loss + o.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local])).chunk(2))
 
 
@@ -86,7 +100,8 @@ def share_candidates(nodes: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
     # keep each item's first copy: this worker's own candidates are unique and come first
     _, inverse = torch.unique(all_nodes, return_inverse=True)
     first = torch.full((int(inverse.max()) + 1,), all_nodes.numel()).scatter_reduce(
-        0, inverse, torch.arange(all_nodes.numel()), "amin")
+        0, inverse, torch.arange(all_nodes.numel()), "amin"
+    )
     keep = torch.sort(first).values
     return all_nodes[keep], all_emb[keep.to(emb.device)]
 
@@ -96,8 +111,7 @@ def candidate_log_q(positive_weight: Tensor, o: OptimConfig) -> Tensor:
     in proportion to ``positive_weight`` (:func:`positive_draw_weights`), uniform negatives evenly."""
     positive_weight = positive_weight.to(torch.float64)
     batch = o.batch_size
-    expected = (batch * positive_weight / positive_weight.sum()
-                + batch * o.num_negatives / positive_weight.numel())
+    expected = batch * positive_weight / positive_weight.sum() + batch * o.num_negatives / positive_weight.numel()
     return expected.clamp(min=1e-12).log().to(torch.float32)
 
 
@@ -106,7 +120,7 @@ def contrastive_term(model: Recommender, x: Tensor, adj_t: Tensor, batch: Data, 
     every layer; InfoNCE between the views of the batch's users, plus the same for its positive
     items. It spreads embeddings out (uniformity) without graph augmentation."""
     views = [model.propagate(x, adj_t, batch.num_sampled_nodes, noise=o.contrastive_noise) for _ in range(2)]
-    return sum(info_nce(views[0][rows], views[1][rows], temperature=o.contrastive_temperature)
-               for rows in (torch.unique(batch.src_index).to(x.device),
-                            torch.unique(batch.dst_pos_index).to(x.device)))
-
+    return sum(
+        info_nce(views[0][rows], views[1][rows], temperature=o.contrastive_temperature)
+        for rows in (torch.unique(batch.src_index).to(x.device), torch.unique(batch.dst_pos_index).to(x.device))
+    )

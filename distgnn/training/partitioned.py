@@ -57,9 +57,15 @@ SHARDS_DIR = "model-parts"
 # Sampling across parts
 
 
-def remote_neighbors(partition: Partition, frontier: Tensor, k: int, *, replace: bool,
-                     generator: torch.Generator | None, traffic: Traffic | None = None
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+def remote_neighbors(
+    partition: Partition,
+    frontier: Tensor,
+    k: int,
+    *,
+    replace: bool,
+    generator: torch.Generator | None,
+    traffic: Traffic | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Up to ``k`` uniform neighbors of each frontier node, each sampled by the part owning it.
 
     Every rank must call this together (it runs three ``all_to_all``), with its own frontier.
@@ -73,15 +79,18 @@ def remote_neighbors(partition: Partition, frontier: Tensor, k: int, *, replace:
     asked, asked_counts = exchange(frontier.index_select(0, order), counts, traffic)
     rows = global_to_local(partition, asked)
     if bool((rows < 0).any()):
-        raise RuntimeError(f"part {partition.part_id} was asked for nodes it does not own; "
-                           "the workers disagree about the partition")
-    segment, position = sample_neighbors(partition.indptr, partition.indices, rows, k, replace=replace,
-                                         generator=generator)
+        raise RuntimeError(
+            f"part {partition.part_id} was asked for nodes it does not own; the workers disagree about the partition"
+        )
+    segment, position = sample_neighbors(
+        partition.indptr, partition.indices, rows, k, replace=replace, generator=generator
+    )
     neighbor = partition.indices.index_select(0, position)
     per_request = torch.bincount(segment, minlength=asked.numel())
     got_per_node, _ = exchange(per_request, asked_counts, traffic, recv_counts=counts)
-    got, _ = exchange(neighbor, block_sums(per_request, asked_counts), traffic,
-                      recv_counts=block_sums(got_per_node, counts))
+    got, _ = exchange(
+        neighbor, block_sums(per_request, asked_counts), traffic, recv_counts=block_sums(got_per_node, counts)
+    )
     # got lists the neighbors of frontier[order[0]], then of frontier[order[1]], ...: map the
     # entries back to frontier positions and restore frontier order (stable, so the owner's draw
     # order within a node is kept).
@@ -101,17 +110,26 @@ class PartitionedNeighborSampler(NeighborSampler):
     Every rank must draw the same number of batches, in step (each batch runs collectives).
     """
 
-    def __init__(self, partition: Partition, num_neighbors: list[int], *, replace: bool = False,
-                 seed: int | None = None, traffic: Traffic | None = None):
+    def __init__(
+        self,
+        partition: Partition,
+        num_neighbors: list[int],
+        *,
+        replace: bool = False,
+        seed: int | None = None,
+        traffic: Traffic | None = None,
+    ):
         self.partition = partition
         self.traffic = traffic
-        self._init_sampling(num_neighbors, num_users=partition.num_users, num_items=partition.num_items,
-                            replace=replace, seed=seed)
+        self._init_sampling(
+            num_neighbors, num_users=partition.num_users, num_items=partition.num_items, replace=replace, seed=seed
+        )
 
     def _sample_subgraph(self, seeds: Tensor):
         def neighbors(frontier: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-            return remote_neighbors(self.partition, frontier, k, replace=self.replace,
-                                    generator=self.generator, traffic=self.traffic)
+            return remote_neighbors(
+                self.partition, frontier, k, replace=self.replace, generator=self.generator, traffic=self.traffic
+            )
 
         return expand_subgraph(seeds.long(), self.num_neighbors, neighbors, node_map=self._node_map)
 
@@ -121,8 +139,15 @@ class PartitionedNeighborSampler(NeighborSampler):
         if bool((rows < 0).any()):
             raise ValueError(f"part {self.partition.part_id}: negatives asked for users it does not own")
         # csr_contains works on the part's CSR: its neighbor ids are global, rows sorted
-        neg = sample_negative_items(self.partition.indptr, self.partition.indices, rows, num_per_user,
-                                    num_users=self.num_users, num_items=self.num_items, generator=self.generator)
+        neg = sample_negative_items(
+            self.partition.indptr,
+            self.partition.indices,
+            rows,
+            num_per_user,
+            num_users=self.num_users,
+            num_items=self.num_items,
+            generator=self.generator,
+        )
         return neg
 
 
@@ -157,10 +182,12 @@ def held_bytes(view: PartView, model: nn.Module) -> dict[str, int]:
     p = view.partition
     structure = sum(t.numel() * t.element_size() for t in (p.nodes, p.indptr, p.indices, p.train_edges))
     params = sum(t.numel() * t.element_size() for t in model.parameters())
-    return {"structure": structure,
-            "features": p.features.numel() * p.features.element_size() if p.features is not None else 0,
-            "routing": p.node_part.numel() * p.node_part.element_size() + view.degree.numel() * 8,
-            "embeddings_and_adam": 3 * params}
+    return {
+        "structure": structure,
+        "features": p.features.numel() * p.features.element_size() if p.features is not None else 0,
+        "routing": p.node_part.numel() * p.node_part.element_size() + view.degree.numel() * 8,
+        "embeddings_and_adam": 3 * params,
+    }
 
 
 def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartView:
@@ -178,10 +205,12 @@ def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartVie
         user = torch.from_numpy(table["user"].to_numpy().astype(np.int64))
         row = global_to_local(partition, user)
         keep = (row >= 0) & (row < num_owned_users)
-        held_out[name] = item_sets_from_pairs(row[keep].numpy(), table["item"].to_numpy()[keep.numpy()],
-                                              num_owned_users)
-    return PartView(partition=partition, degree=degree, num_owned_users=num_owned_users,
-                    val=held_out["val"], test=held_out["test"])
+        held_out[name] = item_sets_from_pairs(
+            row[keep].numpy(), table["item"].to_numpy()[keep.numpy()], num_owned_users
+        )
+    return PartView(
+        partition=partition, degree=degree, num_owned_users=num_owned_users, val=held_out["val"], test=held_out["test"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,8 +230,9 @@ def row_chunks(indptr: Tensor, max_entries: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def partitioned_embeddings(model: Recommender, view: PartView, *, max_entries: int = 1 << 19,
-                           traffic: Traffic | None = None) -> Tensor:
+def partitioned_embeddings(
+    model: Recommender, view: PartView, *, max_entries: int = 1 << 19, traffic: Traffic | None = None
+) -> Tensor:
     """Exact (unsampled) output embeddings of the nodes this part owns, ``[n_p, d]``.
 
     Layer-wise, as :func:`distgnn.nn.models.full_graph_embeddings`: each layer is materialised for
@@ -247,8 +277,8 @@ def chunk_adjacency(view: PartView, rows: Tensor) -> tuple[Tensor, Tensor]:
 def gather_items(embeddings: Tensor, view: PartView) -> Tensor:
     """``[I, d]`` embeddings of all items on every worker (ranking scores every item)."""
     p, world = view.partition, dist.world_size()
-    item_rows = embeddings[view.num_owned_users:]
-    ids = p.nodes[view.num_owned_users:] - p.num_users
+    item_rows = embeddings[view.num_owned_users :]
+    ids = p.nodes[view.num_owned_users :] - p.num_users
     counts = torch.full((world,), ids.numel(), dtype=torch.long)
     all_ids, _ = exchange(ids.repeat(world), counts)
     all_rows, _ = exchange(item_rows.repeat(world, 1), counts)
@@ -265,26 +295,39 @@ def evaluated_rows(view: PartView, max_users: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate_partitioned(embeddings: Tensor, view: PartView, split: str, ks: tuple[int, ...], *,
-                         batch_size: int, max_users: int = 0) -> dict[str, float]:
+def evaluate_partitioned(
+    embeddings: Tensor, view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
+) -> dict[str, float]:
     """Full-ranking metrics of this worker's users against all items, summed over workers."""
     items = gather_items(embeddings, view)
     exclude = [view.train] + ([view.val] if split == "test" else [])
     truth = view.split(split)
-    sums = evaluate_ranking(embeddings[: view.num_owned_users], items, evaluated_rows(view, max_users),
-                            [(s.indptr, s.indices) for s in exclude], (truth.indptr, truth.indices),
-                            list(ks), batch_size=batch_size)
+    sums = evaluate_ranking(
+        embeddings[: view.num_owned_users],
+        items,
+        evaluated_rows(view, max_users),
+        [(s.indptr, s.indices) for s in exclude],
+        (truth.indptr, truth.indices),
+        list(ks),
+        batch_size=batch_size,
+    )
     return finalize(dist.all_reduce_sum(sums))
 
 
-def popularity_partitioned(view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int,
-                           max_users: int = 0) -> dict[str, float]:
+def popularity_partitioned(
+    view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
+) -> dict[str, float]:
     exclude = [view.train] + ([view.val] if split == "test" else [])
     truth = view.split(split)
-    item_degree = view.degree[view.partition.num_users:].to(torch.float32)
-    sums = evaluate_popularity(item_degree, evaluated_rows(view, max_users),
-                               [(s.indptr, s.indices) for s in exclude], (truth.indptr, truth.indices),
-                               list(ks), batch_size=batch_size)
+    item_degree = view.degree[view.partition.num_users :].to(torch.float32)
+    sums = evaluate_popularity(
+        item_degree,
+        evaluated_rows(view, max_users),
+        [(s.indptr, s.indices) for s in exclude],
+        (truth.indptr, truth.indices),
+        list(ks),
+        batch_size=batch_size,
+    )
     return finalize(dist.all_reduce_sum(sums))
 
 
@@ -294,8 +337,10 @@ def popularity_partitioned(view: PartView, split: str, ks: tuple[int, ...], *, b
 
 def save_shard(folder: Path, model: Recommender, view: PartView, info: dict) -> None:
     """This part's embedding rows with their global node ids: ``folder/part-XXX.pt``."""
-    save_checked({"nodes": view.partition.nodes.clone(), "model": model.state_dict(), "info": info},
-                folder / f"part-{view.partition.part_id:03d}.pt")
+    save_checked(
+        {"nodes": view.partition.nodes.clone(), "model": model.state_dict(), "info": info},
+        folder / f"part-{view.partition.part_id:03d}.pt",
+    )
 
 
 def load_shard(folder: Path, model: Recommender, view: PartView) -> dict:
@@ -340,8 +385,13 @@ class Partitioned:
         self.view = load_part_view(job.graph, rank, dist.world_size())
         torch.manual_seed(job.run.seed + 7 * rank)  # each part initialises its own rows
         m = job.model
-        self.model = build_model(m.name, num_nodes=self.view.partition.num_nodes, dim=m.dim,
-                                 num_layers=0 if m.name == "mf" else m.num_layers, item_bias=m.item_bias)
+        self.model = build_model(
+            m.name,
+            num_nodes=self.view.partition.num_nodes,
+            dim=m.dim,
+            num_layers=0 if m.name == "mf" else m.num_layers,
+            item_bias=m.item_bias,
+        )
         self.optimizers = make_optimizers(self.model, job.optim.lr)
         self.traffic = Traffic()
         self.fetched: list[tuple[Tensor, Fetched]] = []
@@ -350,15 +400,26 @@ class Partitioned:
 
     def make_loader(self, start_epoch: int):
         job, p, rank = self.job, self.view.partition, dist.rank()
-        sampler = PartitionedNeighborSampler(p, list(job.fanouts), replace=job.sampler.replace,
-                                             seed=job.run.seed + 7919 * rank + start_epoch, traffic=self.traffic)
+        sampler = PartitionedNeighborSampler(
+            p,
+            list(job.fanouts),
+            replace=job.sampler.replace,
+            seed=job.run.seed + 7919 * rank + start_epoch,
+            traffic=self.traffic,
+        )
         torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batch order per rank
         edges = p.train_edges
         if job.optim.loss == "softmax" and job.optim.log_q:
             weights = positive_draw_weights(edges, p.num_users, p.num_items, job.optim.edge_sampling)
             self.item_log_q = candidate_log_q(weights, job.optim)
-        loader = link_loader(sampler, p.node_part.numel(), edges, batch_size=job.optim.batch_size,
-                             num_negatives=job.num_negatives, edge_sampling=job.optim.edge_sampling)
+        loader = link_loader(
+            sampler,
+            p.node_part.numel(),
+            edges,
+            batch_size=job.optim.batch_size,
+            num_negatives=job.num_negatives,
+            edge_sampling=job.optim.edge_sampling,
+        )
         log.info("part %d: %s nodes, %s training edges", rank, f"{p.num_nodes:,}", f"{edges.shape[1]:,}")
         return loader, edges.shape[1]
 
@@ -381,11 +442,20 @@ class Partitioned:
             adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], view.degree)
         out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
         user_rows = global_to_local(p, n_id[batch.src_index])
-        bias = None if model.bias_embedding is None else \
-            lambda nodes: self.fetch(model.bias_embedding, nodes).squeeze(-1)
-        loss = link_loss(out, lambda local: x[local], batch, o, self.item_log_q,
-                         lambda rows, cand: positive_cells(p.indptr, p.indices, rows, cand),
-                         num_users=p.num_users, user_rows=user_rows, item_bias=bias)
+        bias = (
+            None if model.bias_embedding is None else lambda nodes: self.fetch(model.bias_embedding, nodes).squeeze(-1)
+        )
+        loss = link_loss(
+            out,
+            lambda local: x[local],
+            batch,
+            o,
+            self.item_log_q,
+            lambda rows, cand: positive_cells(p.indptr, p.indices, rows, cand),
+            num_users=p.num_users,
+            user_rows=user_rows,
+            item_bias=bias,
+        )
         if o.contrastive_weight > 0:
             loss = loss + o.contrastive_weight * contrastive_term(model, x, adj_t, batch, o)
         return loss
@@ -405,8 +475,12 @@ class Partitioned:
         process (MiB), and the last epoch's traffic per step."""
         held = {k: dist.all_reduce_max(v / 2**20) for k, v in held_bytes(self.view, self.model).items()}
         above = dist.all_reduce_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - self.rss_at_start_mb)
-        return {"partitioned": True, "held_mb": held, "peak_rss_mb_above_start": above,
-                "traffic_per_step": history[-1]["traffic"] if history else {}}
+        return {
+            "partitioned": True,
+            "held_mb": held,
+            "peak_rss_mb_above_start": above,
+            "traffic_per_step": history[-1]["traffic"] if history else {},
+        }
 
     def vectors(self) -> Tensor:
         """Scoring vectors of the owned nodes: normalised for cosine, item-bias column appended."""
@@ -422,8 +496,9 @@ class Partitioned:
 
     def evaluate(self, split: str) -> dict[str, float]:
         e = self.job.eval
-        return evaluate_partitioned(self.vectors(), self.view, split, e.ks, batch_size=e.batch_size,
-                                    max_users=e.max_users)
+        return evaluate_partitioned(
+            self.vectors(), self.view, split, e.ks, batch_size=e.batch_size, max_users=e.max_users
+        )
 
     def popularity(self, split: str) -> dict[str, float]:
         e = self.job.eval
@@ -440,7 +515,9 @@ class Partitioned:
 def traffic_summary(totals: dict[str, float], steps: int, world_size: int) -> dict[str, float]:
     """Per-step, per-worker averages of an epoch's traffic (sums over workers come in)."""
     per = steps * world_size
-    return {"bytes_sent_per_step": totals["bytes_sent"] / per,
-            "remote_sample_fraction": totals["remote_frontier_nodes"] / max(totals["frontier_nodes"], 1),
-            "rows_fetched_per_step": totals["rows_fetched"] / per,
-            "remote_row_fraction": totals["remote_rows_fetched"] / max(totals["rows_fetched"], 1)}
+    return {
+        "bytes_sent_per_step": totals["bytes_sent"] / per,
+        "remote_sample_fraction": totals["remote_frontier_nodes"] / max(totals["frontier_nodes"], 1),
+        "rows_fetched_per_step": totals["rows_fetched"] / per,
+        "remote_row_fraction": totals["remote_rows_fetched"] / max(totals["rows_fetched"], 1),
+    }

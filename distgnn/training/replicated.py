@@ -53,16 +53,31 @@ class Replicated:
         job, graph, rank = self.job, self.graph, dist.rank()
         torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batches per rank
         edges = shard_edges(graph, rank, dist.world_size(), job.run.seed)
-        sampler = make_sampler(graph.indptr, graph.indices, list(job.fanouts), num_users=graph.num_users,
-                               num_items=graph.num_items, backend=job.sampler.backend,
-                               replace=job.sampler.replace, seed=job.run.seed + 7919 * rank + start_epoch)
+        sampler = make_sampler(
+            graph.indptr,
+            graph.indices,
+            list(job.fanouts),
+            num_users=graph.num_users,
+            num_items=graph.num_items,
+            backend=job.sampler.backend,
+            replace=job.sampler.replace,
+            seed=job.run.seed + 7919 * rank + start_epoch,
+        )
         sampler.hard_negative_pool = job.optim.hard_negative_pool  # vectors: refreshed each epoch
         if job.optim.loss == "softmax" and job.optim.log_q:
-            self.item_log_q = candidate_log_q(positive_draw_weights(edges, graph.num_users, graph.num_items,
-                                                                    job.optim.edge_sampling), job.optim)
-        self.loader = link_loader(sampler, graph.num_nodes, edges, batch_size=job.optim.batch_size,
-                                  num_negatives=job.num_negatives, edge_sampling=job.optim.edge_sampling,
-                                  num_workers=job.sampler.num_workers, pin_memory=self.device.type == "cuda")
+            self.item_log_q = candidate_log_q(
+                positive_draw_weights(edges, graph.num_users, graph.num_items, job.optim.edge_sampling), job.optim
+            )
+        self.loader = link_loader(
+            sampler,
+            graph.num_nodes,
+            edges,
+            batch_size=job.optim.batch_size,
+            num_negatives=job.num_negatives,
+            edge_sampling=job.optim.edge_sampling,
+            num_workers=job.sampler.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         return self.loader, edges.shape[1]
 
     def begin_epoch(self) -> None:
@@ -79,11 +94,16 @@ class Replicated:
             adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], graph.degree).to(device)
         x = model.inputs(n_id.to(device))
         out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
-        loss = link_loss(out, lambda local: model.ego(n_id[local].to(device)), batch, o, self.item_log_q,
-                         lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
-                         num_users=graph.num_users,
-                         item_bias=None if model.bias_embedding is None else
-                         lambda nodes: model.item_bias(nodes.to(device)))
+        loss = link_loss(
+            out,
+            lambda local: model.ego(n_id[local].to(device)),
+            batch,
+            o,
+            self.item_log_q,
+            lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
+            num_users=graph.num_users,
+            item_bias=None if model.bias_embedding is None else lambda nodes: model.item_bias(nodes.to(device)),
+        )
         if o.contrastive_weight > 0:
             loss = loss + o.contrastive_weight * contrastive_term(model, x, adj_t, batch, o)
         return loss
@@ -106,8 +126,7 @@ class Replicated:
 
     def popularity(self, split: str) -> dict[str, float]:
         e = self.job.eval
-        return evaluate_popularity_baseline(self.graph, split, e.ks, batch_size=e.batch_size,
-                                            max_users=e.max_users)
+        return evaluate_popularity_baseline(self.graph, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
 
     def save_best(self, run_dir: Path, info: dict) -> None:
         if dist.rank() == 0:

@@ -28,6 +28,7 @@ The output folder ``OUTPUT_DIR/NAME`` holds ``config.yaml`` (the base config), `
 ``results.csv`` (one row per trial) and ``best.yaml`` (the base config with the best trial's
 values, loadable with ``python -m distgnn.train --config``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,8 +61,16 @@ log = logging.getLogger(__name__)
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 # Keys a trial cannot vary: the data and the selection metric must be the same for every trial to
 # compare them, the epochs are --max-epochs, and a trial is one process whatever cluster.* says.
-FIXED_KEYS = ("graph", "synthetic", "cluster", "run.name", "run.output_dir", "run.crash_at_epoch",
-              "eval.metric", "optim.epochs")
+FIXED_KEYS = (
+    "graph",
+    "synthetic",
+    "cluster",
+    "run.name",
+    "run.output_dir",
+    "run.crash_at_epoch",
+    "eval.metric",
+    "optim.epochs",
+)
 FANOUTS_KEY, LAYERS_KEY = "sampler.num_neighbors", "model.num_layers"
 TIME_ATTR = "epochs_done"  # ASHA's clock: epochs trained when a validation report is sent
 RESULTS_CSV, BEST_FILE, SEARCH_FILE = "results.csv", "best.yaml", "search.yaml"
@@ -105,11 +114,15 @@ def parse_search_space(tree: dict[str, Any], base: TrainJobConfig) -> list[Dimen
     fit the field's type, a value the field rejects, or fanouts that do not fit the layers.
     """
     if not tree:
-        raise ConfigError("the search space is empty: map dotted config keys to distributions, "
-                          "e.g. 'optim.lr: {loguniform: [0.001, 0.05]}'")
+        raise ConfigError(
+            "the search space is empty: map dotted config keys to distributions, "
+            "e.g. 'optim.lr: {loguniform: [0.001, 0.05]}'"
+        )
     if FANOUTS_KEY in tree and LAYERS_KEY in tree:
-        raise ConfigError(f"search either '{LAYERS_KEY}' (fanouts are then derived from the base "
-                          f"config's) or '{FANOUTS_KEY}', not both")
+        raise ConfigError(
+            f"search either '{LAYERS_KEY}' (fanouts are then derived from the base "
+            f"config's) or '{FANOUTS_KEY}', not both"
+        )
     dims = [_parse_dimension(str(key), spec, base) for key, spec in tree.items()]
     if LAYERS_KEY not in tree and FANOUTS_KEY not in tree:
         check_fanouts(base, f"config key '{FANOUTS_KEY}'")
@@ -123,15 +136,18 @@ def parse_search_space(tree: dict[str, Any], base: TrainJobConfig) -> list[Dimen
 def _parse_dimension(key: str, spec: Any, base: TrainJobConfig) -> Dimension:
     tp = _leaf_type(key)
     if any(key == f or key.startswith(f + ".") for f in FIXED_KEYS):
-        raise ConfigError(f"config key '{key}' cannot be searched: it is fixed for all trials "
-                          f"(set it in --config; epochs with --max-epochs)")
+        raise ConfigError(
+            f"config key '{key}' cannot be searched: it is fixed for all trials "
+            f"(set it in --config; epochs with --max-epochs)"
+        )
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise ConfigError(f"search key '{key}': expected one distribution such as {{choice: [a, b]}} "
-                          f"or {{loguniform: [low, high]}}, got {spec!r}")
+        raise ConfigError(
+            f"search key '{key}': expected one distribution such as {{choice: [a, b]}} "
+            f"or {{loguniform: [low, high]}}, got {spec!r}"
+        )
     ((kind, args),) = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"search key '{key}': unknown distribution '{kind}' "
-                          f"(known: {', '.join(DISTRIBUTIONS)})")
+        raise ConfigError(f"search key '{key}': unknown distribution '{kind}' (known: {', '.join(DISTRIBUTIONS)})")
     if not isinstance(args, list) or not args:
         raise ConfigError(f"search key '{key}': '{kind}' expects a non-empty list, got {args!r}")
     if kind == "choice":
@@ -146,12 +162,15 @@ def _parse_dimension(key: str, spec: Any, base: TrainJobConfig) -> Dimension:
             raise ConfigError(f"search key '{key}': randint needs low < high (high is excluded), got {args}")
     else:
         if tp is not float:
-            raise ConfigError(f"search key '{key}': {kind} draws real numbers, but the field is not a "
-                              f"float; use choice{' or randint' if tp is int else ''}")
+            raise ConfigError(
+                f"search key '{key}': {kind} draws real numbers, but the field is not a "
+                f"float; use choice{' or randint' if tp is int else ''}"
+            )
         low, high = (_number(key, kind, a, float) for a in _pair(key, kind, args))
         if not low < high or (kind == "loguniform" and low <= 0):
-            raise ConfigError(f"search key '{key}': {kind} needs {'0 < ' if kind == 'loguniform' else ''}"
-                              f"low < high, got {args}")
+            raise ConfigError(
+                f"search key '{key}': {kind} needs {'0 < ' if kind == 'loguniform' else ''}low < high, got {args}"
+            )
     dim = Dimension(key, kind, (low, high))
     for value in _range_probes(dim):
         replace_nested(base, **{key: value})
@@ -176,8 +195,9 @@ def _number(key: str, kind: str, value: Any, tp: type) -> Any:
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number) or (tp is int and not number.is_integer()):
-        raise ConfigError(f"search key '{key}': '{kind}' bounds must be {'integers' if tp is int else 'numbers'}"
-                          f", got {value!r}")
+        raise ConfigError(
+            f"search key '{key}': '{kind}' bounds must be {'integers' if tp is int else 'numbers'}, got {value!r}"
+        )
     return tp(number)
 
 
@@ -188,12 +208,14 @@ def _leaf_type(key: str) -> type:
     for i, part in enumerate(parts):
         known = {f.name for f in fields(cls)}
         if part not in known:
-            raise ConfigError(f"unknown config key '{key}' (known in "
-                              f"'{'.'.join(parts[:i]) or '<root>'}': {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown config key '{key}' (known in '{'.'.join(parts[:i]) or '<root>'}': {', '.join(sorted(known))})"
+            )
         cls = typing.get_type_hints(cls)[part]
     if is_dataclass(cls):
-        raise ConfigError(f"search key '{key}' is a config section: name one of its fields, "
-                          f"e.g. '{key}.{fields(cls)[0].name}'")
+        raise ConfigError(
+            f"search key '{key}' is a config section: name one of its fields, e.g. '{key}.{fields(cls)[0].name}'"
+        )
     return typing.get_origin(cls) or cls
 
 
@@ -229,9 +251,11 @@ def check_fanouts(job: TrainJobConfig, where: str) -> None:
     """The check :func:`distgnn.training.checks.check_job` makes, done before any trial starts; ``where``
     names the key the message blames."""
     if job.model.name != "mf" and len(job.sampler.num_neighbors) != job.model.num_layers:
-        raise ConfigError(f"{where}: gives {len(job.sampler.num_neighbors)} fanouts "
-                          f"({FANOUTS_KEY}) for {job.model.num_layers} layers ({LAYERS_KEY}); "
-                          f"they must match")
+        raise ConfigError(
+            f"{where}: gives {len(job.sampler.num_neighbors)} fanouts "
+            f"({FANOUTS_KEY}) for {job.model.num_layers} layers ({LAYERS_KEY}); "
+            f"they must match"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,8 +265,9 @@ def check_fanouts(job: TrainJobConfig, where: str) -> None:
 def _run_trial(sampled: dict[str, Any], *, base: dict[str, Any], trials_dir: str, threads: int) -> None:
     from ray import tune
 
-    job = replace_nested(trial_job(build_config(TrainJobConfig, base), sampled),
-                         **{"cluster.threads_per_worker": threads})
+    job = replace_nested(
+        trial_job(build_config(TrainJobConfig, base), sampled), **{"cluster.threads_per_worker": threads}
+    )
     run_dir = create_run_dir(job, trials_dir, tune.get_context().get_trial_id())
     metric_key = f"val/{job.eval.metric}"
 
@@ -277,8 +302,17 @@ class TrialRow:
     run_dir: Path
 
 
-def run_search(base: TrainJobConfig, space: list[Dimension], tune_dir: Path, *, num_samples: int,
-               max_epochs: int, grace_period: int, cpus_per_trial: float, seed: int) -> list[TrialRow]:
+def run_search(
+    base: TrainJobConfig,
+    space: list[Dimension],
+    tune_dir: Path,
+    *,
+    num_samples: int,
+    max_epochs: int,
+    grace_period: int,
+    cpus_per_trial: float,
+    seed: int,
+) -> list[TrialRow]:
     """Run the search and return one row per trial, best first. ``base`` must point at a prepared
     graph directory with a validation split (:func:`check_graph`)."""
     from ray import tune
@@ -288,32 +322,50 @@ def run_search(base: TrainJobConfig, space: list[Dimension], tune_dir: Path, *, 
     start_ray(base.cluster.address)
     trials_dir = tune_dir / "trials"
     job = replace_nested(base, **{"optim.epochs": max_epochs})
-    trainable = tune.with_parameters(_run_trial, base=config_to_dict(job), trials_dir=str(trials_dir),
-                                     threads=max(1, int(cpus_per_trial)))
+    trainable = tune.with_parameters(
+        _run_trial, base=config_to_dict(job), trials_dir=str(trials_dir), threads=max(1, int(cpus_per_trial))
+    )
     metric_key = f"val/{base.eval.metric}"
-    scheduler = ASHAScheduler(time_attr=TIME_ATTR, metric=metric_key, mode="max", max_t=max_epochs,
-                              grace_period=min(grace_period, max_epochs),
-                              # a trial that reaches max_t finishes itself (and writes results.json)
-                              stop_last_trials=False)
+    scheduler = ASHAScheduler(
+        time_attr=TIME_ATTR,
+        metric=metric_key,
+        mode="max",
+        max_t=max_epochs,
+        grace_period=min(grace_period, max_epochs),
+        # a trial that reaches max_t finishes itself (and writes results.json)
+        stop_last_trials=False,
+    )
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": cpus_per_trial}),
         param_space={d.key: d.ray_domain() for d in space},
-        tune_config=tune.TuneConfig(num_samples=num_samples, scheduler=scheduler,
-                                    search_alg=BasicVariantGenerator(random_state=seed),
-                                    trial_dirname_creator=_trial_dirname),
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=seed),
+            trial_dirname_creator=_trial_dirname,
+        ),
         run_config=tune.RunConfig(name="ray", storage_path=str(tune_dir.resolve()), verbose=1),
     )
     grid = tuner.fit()
     rows = []
     for result in grid:
         trial = Path(result.path).name
-        rows.append(_trial_row(trial, trial_values(base, result.config), trials_dir / trial,
-                               base.eval.metric, max_epochs=max_epochs, error=result.error))
+        rows.append(
+            _trial_row(
+                trial,
+                trial_values(base, result.config),
+                trials_dir / trial,
+                base.eval.metric,
+                max_epochs=max_epochs,
+                error=result.error,
+            )
+        )
     return sorted(rows, key=lambda r: -math.inf if r.best is None else r.best, reverse=True)
 
 
-def _trial_row(trial: str, values: dict, run_dir: Path, metric: str, *, max_epochs: int,
-               error: Exception | None) -> TrialRow:
+def _trial_row(
+    trial: str, values: dict, run_dir: Path, metric: str, *, max_epochs: int, error: Exception | None
+) -> TrialRow:
     history = read_history(run_dir)
     evals = [h for h in history if metric in h.get("eval", {})]
     best = max(evals, key=lambda h: h["eval"][metric]) if evals else None
@@ -324,9 +376,15 @@ def _trial_row(trial: str, values: dict, run_dir: Path, metric: str, *, max_epoc
         # trial at its last epoch, before its test evaluation: that trial was not cut short.
         done = (run_dir / RESULTS_FILE).exists() or len(history) >= max_epochs
         status = "finished" if done else "stopped"
-    return TrialRow(trial=trial, values=values, best=best["eval"][metric] if best else None,
-                    best_epoch=best["epoch"] if best else None, epochs=len(history), status=status,
-                    run_dir=run_dir)
+    return TrialRow(
+        trial=trial,
+        values=values,
+        best=best["eval"][metric] if best else None,
+        best_epoch=best["epoch"] if best else None,
+        epochs=len(history),
+        status=status,
+        run_dir=run_dir,
+    )
 
 
 def check_graph(job: TrainJobConfig) -> None:
@@ -334,8 +392,10 @@ def check_graph(job: TrainJobConfig) -> None:
     test split would report an optimistic test score)."""
     meta = json.loads((Path(job.graph) / "meta.json").read_text())
     if int(meta.get("num_interactions", {}).get("val", 0)) == 0:
-        raise DataError(f"{job.graph}: the graph has no validation split, and trials must not be "
-                        f"compared on test; prepare it with --val_fraction > 0")
+        raise DataError(
+            f"{job.graph}: the graph has no validation split, and trials must not be "
+            f"compared on test; prepare it with --val_fraction > 0"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -349,8 +409,14 @@ def results_columns(space: list[Dimension], rows: list[TrialRow], metric: str) -
 
 
 def _cells(row: TrialRow, columns: list[str], metric: str) -> list[str]:
-    fixed = {"trial": row.trial, f"val/{metric}": row.best, "best_epoch": row.best_epoch, "epochs": row.epochs,
-             "status": row.status, "run_dir": row.run_dir}
+    fixed = {
+        "trial": row.trial,
+        f"val/{metric}": row.best,
+        "best_epoch": row.best_epoch,
+        "epochs": row.epochs,
+        "status": row.status,
+        "run_dir": row.run_dir,
+    }
     cells = []
     for c in columns:
         value = fixed[c] if c in fixed else row.values.get(c)
@@ -384,9 +450,11 @@ def format_table(rows: list[TrialRow], columns: list[str], metric: str) -> str:
 def write_best_config(path: Path, base: TrainJobConfig, best: TrialRow, *, metric: str, num_trials: int) -> None:
     """The base config (its epochs, cluster and run settings) with the best trial's values."""
     job = replace_nested(base, **best.values)
-    header = (f"# Best of {num_trials} trials (distgnn.training.search): val/{metric} {best.best:.4f} at epoch "
-              f"{best.best_epoch}, trial {best.trial} ({best.run_dir}).\n"
-              f"# Train it with: python -m distgnn.train --config {path}\n")
+    header = (
+        f"# Best of {num_trials} trials (distgnn.training.search): val/{metric} {best.best:.4f} at epoch "
+        f"{best.best_epoch}, trial {best.trial} ({best.run_dir}).\n"
+        f"# Train it with: python -m distgnn.train --config {path}\n"
+    )
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(header + yaml.safe_dump(config_to_dict(job), sort_keys=False))
     tmp.replace(path)
