@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -88,9 +89,13 @@ def float_ids_parquet(folder: Path) -> Path:
 # Helpers
 
 
+LOG_LINE = re.compile(r"\d\d:\d\d:\d\d (INFO|WARNING) ")
+
+
 def run(argv: list[str], capsys) -> tuple[int, list[str]]:
     code = main(argv)
-    return code, capsys.readouterr().err.splitlines()
+    # progress lines ("12:00:00 INFO read ...") are logging, not the error: the error is one line
+    return code, [line for line in capsys.readouterr().err.splitlines() if not LOG_LINE.match(line)]
 
 
 def assert_one_line_error(code: int, lines: list[str], *mentions: str) -> str:

@@ -11,6 +11,19 @@ from pathlib import Path
 from distgnn.core.errors import ConfigError, DataError
 
 
+class StderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when each record comes, not as it was when
+    the handler was made (test runners and embedding tools swap the stream)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
 def configure_logging(*, verbose: bool = False) -> None:
     """distgnn's own lines at INFO on stderr; other libraries' (Ray's per-report lines, its
     internal notices) only from WARNING, or at INFO too with ``verbose``."""
@@ -20,7 +33,7 @@ def configure_logging(*, verbose: bool = False) -> None:
     ours = logging.getLogger("distgnn")
     ours.setLevel(logging.INFO)
     if not verbose and not ours.handlers:
-        handler = logging.StreamHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
         ours.addHandler(handler)
     # faiss logs which CPU build it loads, failed attempts included: noise for a user
