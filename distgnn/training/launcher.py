@@ -129,5 +129,11 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
     folder = Path(job.run.output_dir) / f"synthetic-u{s.num_users}-i{s.num_items}-{digest}"
     if not (folder / "meta.json").exists():
         log.info("no --graph given: preparing the built-in synthetic dataset in %s", folder)
-        prepare(PrepareConfig(output=str(folder), synthetic=s, split="random"))
+        prepare_log = logging.getLogger("distgnn.data.prepare")
+        level = prepare_log.level
+        prepare_log.setLevel(logging.WARNING)  # its per-step lines are one line too many here
+        try:
+            prepare(PrepareConfig(output=str(folder), synthetic=s, split="random"))
+        finally:
+            prepare_log.setLevel(level)
     return replace_nested(job, graph=str(folder.resolve()))
