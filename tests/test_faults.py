@@ -21,7 +21,7 @@ from distgnn.core.checkpoint import load_checked, save_checked
 from distgnn.core.rundir import create_run_dir, read_history
 from distgnn.training.launcher import launch
 
-from test_train import tiny_job
+from test_train import tiny_job, tiny_train_command
 
 EPOCHS = 5
 
@@ -85,31 +85,10 @@ def test_a_worker_sigkilled_mid_epoch_is_replaced_and_no_epoch_is_lost_or_repeat
 @pytest.mark.slow
 def test_a_driver_sigkilled_mid_run_resumes_from_its_last_checkpoint(tiny_graph, tmp_path):
     runs = tmp_path / "runs"
-    command = [
-        sys.executable,
-        "-m",
-        "distgnn.train",
-        "--graph",
-        str(tiny_graph),
-        "--run.output_dir",
-        str(runs),
-        "--run.name",
-        "resumable",
-        "--optim.epochs",
-        str(EPOCHS),
-        "--model.dim",
-        "32",
-        "--model.num_layers",
-        "2",
-        "--sampler.num_neighbors",
-        "10,10",
-        "--optim.batch_size",
-        "512",
-        "--eval.patience",
-        "0",
-        "--cluster.num_workers",
-        "2",
-    ]
+    command = tiny_train_command(
+        tiny_graph,
+        **{"run.output_dir": runs, "run.name": "resumable", "optim.epochs": EPOCHS, "cluster.num_workers": 2},
+    )
     # Ray's socket paths must stay under 108 bytes: a short folder of its own
     env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ray-", dir="/tmp")}
     with open(tmp_path / "first.log", "wb") as log:

@@ -15,6 +15,8 @@ from distgnn.core.errors import DataError
 from distgnn.core.files import MARKER, write_marker
 from distgnn.core.storage import download, upload
 
+from test_train import tiny_train_command
+
 BUCKET = "distgnn-test"
 
 
@@ -92,31 +94,16 @@ def test_a_folder_round_trips_and_an_incomplete_one_is_refused(s3, tmp_path):
 def test_train_on_ray_with_s3_storage_then_export_and_recommend_from_s3(s3, tiny_graph, tmp_path):
     env = {**os.environ, "RAY_TMPDIR": "/tmp"}
     train = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "distgnn.train",
-            "--graph",
-            str(tiny_graph),
-            "--run.storage",
-            f"s3://{BUCKET}/runs",
-            "--run.output_dir",
-            str(tmp_path / "local"),
-            "--run.name",
-            "on-s3",
-            "--optim.epochs",
-            "2",
-            "--model.dim",
-            "32",
-            "--model.num_layers",
-            "2",
-            "--sampler.num_neighbors",
-            "10,10",
-            "--optim.batch_size",
-            "512",
-            "--cluster.num_workers",
-            "2",
-        ],
+        tiny_train_command(
+            tiny_graph,
+            **{
+                "run.storage": f"s3://{BUCKET}/runs",
+                "run.output_dir": tmp_path / "local",
+                "run.name": "on-s3",
+                "optim.epochs": 2,
+                "cluster.num_workers": 2,
+            },
+        ),
         capture_output=True,
         text=True,
         env=env,

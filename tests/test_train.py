@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -20,21 +21,28 @@ from distgnn.training.loop import scheduled_lr
 from distgnn.training.objective import candidate_log_q, contrastive_term, positive_cells
 from distgnn.training.replicated import Replicated, shard_edges
 
+TINY = {
+    "model.dim": 32,
+    "model.num_layers": 2,
+    "sampler.num_neighbors": "10,10",
+    "optim.batch_size": 512,
+    "optim.epochs": 6,
+    "optim.num_negatives": 4,
+    "optim.lr": 0.02,
+    "eval.patience": 0,
+    "cluster.threads_per_worker": 1,
+}
+
 
 def tiny_job(graph, **overrides) -> TrainJobConfig:
-    base = {
-        "graph": str(graph),
-        "model.dim": 32,
-        "model.num_layers": 2,
-        "sampler.num_neighbors": "10,10",
-        "optim.batch_size": 512,
-        "optim.epochs": 6,
-        "optim.num_negatives": 4,
-        "optim.lr": 0.02,
-        "eval.patience": 0,
-        "cluster.threads_per_worker": 1,
-    }
-    return load_config(TrainJobConfig, **{**base, **overrides})
+    """The small, fast training job every test uses, in process."""
+    return load_config(TrainJobConfig, **{"graph": str(graph), **TINY, **overrides})
+
+
+def tiny_train_command(graph, **overrides) -> list[str]:
+    """The same job as ``python -m distgnn.train`` flags, for tests that run the command."""
+    flags = {"graph": str(graph), **TINY, **overrides}
+    return [sys.executable, "-m", "distgnn.train", *[a for k, v in flags.items() for a in (f"--{k}", str(v))]]
 
 
 def test_shards_partition_the_training_edges(tiny_graph):

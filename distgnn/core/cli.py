@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from distgnn.core.errors import ConfigError, DataError
+from distgnn.core.storage import is_uri
 
 
 class StderrHandler(logging.StreamHandler):
@@ -60,7 +61,7 @@ def user_path(path: str, what: str, *, output: bool = False) -> str:
     (``launch/submit.sh`` sets it to the submitter's project folder), else left relative to the
     current folder. A relative *output* path inside Ray's working-dir copy without that variable is refused:
     the run would be lost. URIs (``s3://...``) are returned unchanged."""
-    if not path or "://" in path or Path(path).is_absolute():
+    if not path or is_uri(path) or Path(path).is_absolute():
         return path
     base = os.environ.get(BASE_DIR_ENV)
     if base:

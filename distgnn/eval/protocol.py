@@ -44,7 +44,9 @@ def rank_users(graph: Graph, split: str, max_users: int = 0) -> Tensor:
 
 
 def excluded(graph: Graph, split: str) -> list[CSR]:
-    """Items never ranked for ``split``: training items, plus validation items at test time."""
+    """Items never ranked for ``split``: training items, plus validation items at test time.
+    ``graph`` is anything with ``train``/``val`` item sets: a whole graph, or one part's view of
+    its users (the partitioned strategy), so both follow this one rule."""
     seen = [graph.train] + ([graph.val] if split == "test" else [])
     return [(s.indptr, s.indices) for s in seen]
 

@@ -41,7 +41,7 @@ from distgnn.core.config import TrainJobConfig
 from distgnn.data.graph import ItemSets, csr_row_positions, item_sets_from_pairs
 from distgnn.data.partition import Partition, global_to_local, load_partition
 from distgnn.eval.metrics import evaluate_popularity, evaluate_ranking, finalize
-from distgnn.eval.protocol import evaluated_users
+from distgnn.eval.protocol import evaluated_users, excluded, truth
 from distgnn.nn.loaders import link_loader, positive_draw_weights
 from distgnn.nn.models import Recommender, build_model, lightgcn_edge_weight, sampled_adjacency
 from distgnn.nn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
@@ -300,14 +300,12 @@ def evaluate_partitioned(
 ) -> dict[str, float]:
     """Full-ranking metrics of this worker's users against all items, summed over workers."""
     items = gather_items(embeddings, view)
-    exclude = [view.train] + ([view.val] if split == "test" else [])
-    truth = view.split(split)
     sums = evaluate_ranking(
         embeddings[: view.num_owned_users],
         items,
         evaluated_rows(view, max_users),
-        [(s.indptr, s.indices) for s in exclude],
-        (truth.indptr, truth.indices),
+        excluded(view, split),  # the protocol's rule, over this part's users
+        truth(view, split),
         list(ks),
         batch_size=batch_size,
     )
@@ -317,14 +315,12 @@ def evaluate_partitioned(
 def popularity_partitioned(
     view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
 ) -> dict[str, float]:
-    exclude = [view.train] + ([view.val] if split == "test" else [])
-    truth = view.split(split)
     item_degree = view.degree[view.partition.num_users :].to(torch.float32)
     sums = evaluate_popularity(
         item_degree,
         evaluated_rows(view, max_users),
-        [(s.indptr, s.indices) for s in exclude],
-        (truth.indptr, truth.indices),
+        excluded(view, split),
+        truth(view, split),
         list(ks),
         batch_size=batch_size,
     )
