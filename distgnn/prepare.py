@@ -21,13 +21,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         cfg = config_from_args(PrepareConfig, args)
-        prepare(
-            replace_nested(
-                cfg,
-                input=user_path(cfg.input, "config key 'input'"),
-                output=user_path(cfg.output, "config key 'output'", output=True),
-            )
-        )
+        inputs = ("input", "val_input", "test_input", "user_features", "item_features")
+        paths = {key: user_path(getattr(cfg, key), f"config key '{key}'") for key in inputs}
+        prepare(replace_nested(cfg, **paths, output=user_path(cfg.output, "config key 'output'", output=True)))
 
     return run_command(body)
 

@@ -19,6 +19,7 @@ from distgnn.core.config import TrainJobConfig, config_from_args, make_parser, r
 from distgnn.core.errors import ConfigError
 from distgnn.core.rundir import create_run_dir, plot_curves, read_history, results_table
 from distgnn.core.storage import upload
+from distgnn.serving.samples import write_samples
 from distgnn.training.checks import check_job
 from distgnn.training.launcher import launch, resolve_graph, storage_path, train_in_process
 from distgnn.training.loop import peak_rss_mb
@@ -68,14 +69,29 @@ def train_command(args, single: bool) -> int:
         assemble_model(run_dir / SHARDS_DIR, job.cluster.num_workers, run_dir / BEST_MODEL)
     wall_s = time.perf_counter() - t0
     plot = plot_curves(run_dir, read_history(run_dir), job.eval.metric)
+    samples = write_samples(run_dir)  # before the upload: part of the run directory
     if job.run.storage:
         log.info("copied the run directory to %s", upload(run_dir, storage_path(job, run_dir)))
-    ks = [f"{m}@{k}" for k in job.eval.ks for m in ("recall", "ndcg")]
     print(f"\nTest metrics (best epoch {results['best_epoch']}, {results['epochs_run']} epochs, {wall_s:.0f} s wall):")
-    print(results_table({job.model.name: results["test"], "popularity": results["popularity_test"]}, ks))
+    rows = {job.model.name: results["test"], **results["baselines_test"]}
+    print(results_table(rows, shown_metrics(job, results["test"])))
     print(f"peak RSS per worker {results['peak_rss_mb_per_worker']:.0f} MiB, driver {peak_rss_mb():.0f} MiB")
-    print(f"\nrun directory: {run_dir}  (curves: {plot.name if plot else '-'}, metrics.jsonl, results.json)")
+    print(
+        f"\nrun directory: {run_dir}  (curves: {plot.name if plot else '-'}, metrics.jsonl, results.json, "
+        f"{samples.name}: top-10 of 5 test users with the items' features)"
+    )
     return 0
+
+
+def shown_metrics(job, test: dict) -> list[str]:
+    """The results table's columns: RMSE/MAE for the rating task, Recall/NDCG@K for ranking (with
+    MRR/Precision at K <= 5, the top-3 style lists), the sampled-negatives HR/NDCG when computed."""
+    if job.task == "rating":
+        return ["rmse", "mae"]
+    names = [f"{m}@{k}" for k in job.eval.ks for m in ("recall", "ndcg")]
+    names += [f"{m}@{k}" for k in job.eval.ks if k <= 5 for m in ("mrr", "precision")]
+    names += [f"sampled_{m}@{k}" for k in job.eval.ks for m in ("hr", "ndcg") if f"sampled_{m}@{k}" in test]
+    return names
 
 
 if __name__ == "__main__":

@@ -79,6 +79,18 @@ def uint64_timestamp_parquet(folder: Path) -> Path:
     return path
 
 
+def nan_feature_parquet(folder: Path) -> Path:
+    path = folder / "nan_feature.parquet"
+    pq.write_table(pa.table({"user": ["a", "b"], "score": [0.5, float("nan")]}), path)
+    return path
+
+
+def repeated_id_feature_parquet(folder: Path) -> Path:
+    path = folder / "repeated_feature.parquet"
+    pq.write_table(pa.table({"item": [7, 8, 7], "colour": ["red", "blue", "red"]}), path)
+    return path
+
+
 def float_ids_parquet(folder: Path) -> Path:
     path = folder / "float_ids.parquet"
     pq.write_table(pa.table({"user": [1.0, 2.0, 1.0], "item": [10.0, 10.0, 11.0]}), path)
@@ -173,7 +185,7 @@ FAILURES = [
         "duplicates_error",
         "duplicates.csv",
         ["--duplicates", "error"],
-        ["row 3", "repeated (user, item) pair", "row 1", "--duplicates first or last"],
+        ["row 3", "repeated (user, item) pair", "row 1", "--duplicates first, last or count"],
     ),
     ("mixed_encoding", "mixed_encoding.csv", [], ["row 2", "item column 'item'", "UTF-8", "caf\\xe9"]),
     ("binary_garbage", "binary_garbage.csv", [], ["binary data", "expected UTF-8 CSV text"]),
@@ -184,6 +196,37 @@ FAILURES = [
     ("corrupt_parquet", corrupt_parquet, [], ["not a readable Parquet file"]),
     ("min_rating_without_rating_col", "extra_columns.csv", ["--min_rating", "4"], ["'min_rating'", "--rating_col"]),
     ("format_csv_on_parquet", float_ids_parquet, ["--format", "csv"], ["binary data", "--format parquet"]),
+    (
+        "csv_columns_wrong_count",
+        "headerless_short_row.csv",
+        ["--csv_columns", "user,item,rating,ts"],
+        ["row 2", "expected 4 fields (user, item, rating, ts)", "got 3", "'u2,i2,4'"],
+    ),
+    (
+        "event_without_weight",
+        "events.csv",
+        ["--event_col", "event", "--event_weights", "buy:4,view:1"],
+        ["row 2", "event column 'event'", "an event type of event_weights (buy, view)", "'click'"],
+    ),
+    (
+        "event_without_weight_after_keep_events",
+        "events.csv",
+        ["--event_col", "event", "--keep_events", "buy,view", "--event_weights", "buy:4"],
+        ["row 5", "event column 'event'", "'view'"],  # row 5 of the file, not of the rows kept
+    ),
+    (
+        "target_never_occurs",
+        "events.csv",
+        ["--event_col", "event", "--target_events", "purchase"],
+        ["target_events 'purchase'", "event column 'event'", "values found: 'buy', 'click', 'view'"],
+    ),
+    (
+        "item_feature_col_missing",
+        "extra_columns.csv",
+        ["--item_feature_cols", "colour,category"],
+        ["missing item feature column 'category'", "'colour'"],
+    ),
+    ("given_split_without_files", "extra_columns.csv", ["--split", "given"], ["'split'", "--test_input"]),
 ]
 
 
@@ -195,6 +238,69 @@ def test_bad_input_fails_with_one_line(tmp_path, capsys, source, flags, mentions
     code, lines = run(["--input", str(path), "--output", str(out), *flags], capsys)
     assert_one_line_error(code, lines, path.name, *mentions)
     assert sorted(tmp_path.iterdir()) == before  # no graph, no temporary folder
+
+
+# Feature tables (--user_features/--item_features): the line names the feature table, not the interactions
+
+FEATURE_FAILURES = [
+    # case, feature table (corpus file or builder), flags, what the line says besides the table's name
+    ("no_id_column", "features_no_id.csv", [], ["missing user id column 'user'", "'uid', 'age'", "user_col"]),
+    ("header_only", "features_header_only.csv", [], ["no rows, expected user features"]),
+    ("only_the_id", "features_only_id.csv", [], ["no feature columns besides the user id column 'user'"]),
+    ("repeated_id", "features_repeated_id.csv", [], ["row 3", "repeated user id 'a' (also in row 1)"]),
+    ("numeric_typo", "features_typo.csv", [], ["row 2", "feature column 'age'", "2 of the column's 3", "'x3'"]),
+    ("nan_number", "features_nan.csv", [], ["row 1", "feature column 'age'", "a finite number", "nan"]),
+    ("empty_number", "features_empty_number.csv", [], ["row 2", "feature column 'age'", "an empty value"]),
+    ("nan_parquet", nan_feature_parquet, [], ["row 2", "feature column 'score'", "a finite number", "nan"]),
+    (
+        "categorical_column_missing",
+        "features_ok.csv",
+        ["--categorical_columns", "occupaton"],
+        ["no feature column 'occupaton'", "categorical_columns", "found: 'age', 'occupation')"],
+    ),
+    ("empty_file", "empty.csv", [], ["file is empty", "user feature table"]),
+]
+
+
+@pytest.mark.parametrize(
+    "source,flags,mentions", [c[1:] for c in FEATURE_FAILURES], ids=[c[0] for c in FEATURE_FAILURES]
+)
+def test_bad_user_feature_table_fails_with_one_line(tmp_path, capsys, source, flags, mentions):
+    path = input_path(source, tmp_path)
+    before = sorted(tmp_path.iterdir())
+    argv = ["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "graph"), "--user_features"]
+    code, lines = run([*argv, str(path), *flags], capsys)
+    assert_one_line_error(code, lines, path.name, *mentions)
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_repeated_item_id_in_a_parquet_feature_table(tmp_path, capsys):
+    path = repeated_id_feature_parquet(tmp_path)
+    argv = ["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "graph")]
+    code, lines = run([*argv, "--item_features", str(path)], capsys)
+    assert_one_line_error(code, lines, path.name, "row 3", "repeated item id '7' (also in row 1)")
+    assert not (tmp_path / "graph").exists()
+
+
+def test_missing_test_input_names_that_file(tmp_path, capsys):
+    argv = ["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "graph"), "--split", "given"]
+    code, lines = run([*argv, "--test_input", str(tmp_path / "nope.csv")], capsys)
+    assert_one_line_error(code, lines, "nope.csv", "no such file")
+    assert not (tmp_path / "graph").exists()
+
+
+def test_bad_row_in_the_test_file_names_that_file_and_row(tmp_path, capsys):
+    argv = ["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "graph"), "--split", "given"]
+    code, lines = run([*argv, "--test_input", str(CORPUS / "empty_user_id.csv")], capsys)
+    assert_one_line_error(code, lines, "empty_user_id.csv", "row 2", "user column 'user'")
+
+
+def test_duplicate_across_given_files_with_error_policy_names_both_files(tmp_path, capsys):
+    test = tmp_path / "test.csv"
+    test.write_text("user,item\nb,y\na,x\n")
+    argv = ["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "graph"), "--split", "given"]
+    code, lines = run([*argv, "--test_input", str(test), "--duplicates", "error"], capsys)
+    assert_one_line_error(code, lines, "test.csv: row 2", "repeated (user, item) pair", "extra_columns.csv row 1")
 
 
 def test_format_csv_on_a_folder(tmp_path, capsys):
@@ -219,8 +325,45 @@ def test_unreadable_csv(tmp_path, capsys):
         (["--delimiter", ";;"], ["'delimiter'", "one character"]),
         (["--min_rating", "nan"], ["'min_rating'", "finite"]),
         (["--min_rating", "inf"], ["'min_rating'", "finite"]),
+        (["--sample_fraction", "0"], ["'sample_fraction'", "(0, 1]"]),
+        (["--sample_fraction", "1.5"], ["'sample_fraction'", "(0, 1]"]),
+        (["--event_weights", "buy:1"], ["'event_weights'", "needs event_col"]),
+        (["--event_col", "colour", "--event_weights", "red"], ["'event_weights'", "type:weight", "'red'"]),
+        (["--event_col", "colour", "--event_weights", "red:0"], ["'event_weights'", "positive", "'red:0'"]),
+        (["--event_col", "colour", "--event_weights", "red:1,red:2"], ["'event_weights'", "'red' is given twice"]),
+        (["--target_events", "buy"], ["'target_events'", "needs event_col"]),
+        (["--event_col", "colour", "--target_events", "red", "--split", "given"], ["'target_events'", "given"]),
+        (
+            ["--event_col", "colour", "--keep_events", "blue", "--target_events", "red"],
+            ["'target_events'", "red not among keep_events"],
+        ),
+        (["--test_input", "x.csv"], ["'test_input'", "--split given"]),
+        (["--val_input", "x.csv", "--split", "given"], ["'val_input'", "needs test_input"]),
+        (["--csv_columns", "user,,item"], ["'csv_columns'", "empty one"]),
+        (["--csv_columns", "user,item,user"], ["'csv_columns'", "'user' is named twice"]),
+        (["--categorical_columns", "colour"], ["'categorical_columns'", "needs user_features or item_features"]),
+        (["--max_categories", "0"], ["'max_categories'", "at least 1"]),
     ],
-    ids=["delimiter", "min_rating_nan", "min_rating_inf"],
+    ids=[
+        "delimiter",
+        "min_rating_nan",
+        "min_rating_inf",
+        "sample_fraction_zero",
+        "sample_fraction_above_one",
+        "event_weights_without_event_col",
+        "event_weights_no_colon",
+        "event_weights_zero",
+        "event_weights_twice",
+        "target_events_without_event_col",
+        "target_events_with_given",
+        "target_events_filtered_out",
+        "test_input_without_given",
+        "val_input_without_test_input",
+        "csv_columns_empty_name",
+        "csv_columns_repeated_name",
+        "categorical_columns_without_tables",
+        "max_categories_zero",
+    ],
 )
 def test_bad_option_values(tmp_path, capsys, flags, mentions):
     code, lines = run(["--input", str(CORPUS / "extra_columns.csv"), "--output", str(tmp_path / "g"), *flags], capsys)

@@ -12,7 +12,7 @@ import distgnn.training.replicated
 from distgnn.core.config import TrainJobConfig, load_config, replace_nested
 from distgnn.core.rundir import create_run_dir, read_history
 from distgnn.data.graph import load_graph
-from distgnn.nn.loaders import UserUniformIndices, positive_draw_weights
+from distgnn.nn.loaders import WeightedIndices, edge_draw_weights, positive_draw_weights
 from distgnn.nn.losses import info_nce
 from distgnn.nn.models import sampled_adjacency
 from distgnn.training.launcher import launch
@@ -142,7 +142,7 @@ def test_options_reach_the_training_step(tiny_graph, tmp_path, monkeypatch, on):
     # one rate per step, at its progress through optim.epochs; cosine from 0.02 towards 0.002
     assert rates == pytest.approx([scheduled_lr(job.optim, k / steps) for k in range(steps)])
     assert (rates[-1] < 0.005) if on else (set(rates) == {0.02})
-    assert len(orders) == 1 and isinstance(orders[0][2], UserUniformIndices) == on
+    assert len(orders) == 1 and isinstance(orders[0][2], WeightedIndices) == on
 
 
 def test_contrastive_term_without_noise_is_infonce_of_the_clean_outputs(tiny_graph):
@@ -180,12 +180,16 @@ def test_cosine_schedule_by_hand():
 def test_user_uniform_draws_weigh_every_user_the_same():
     users = torch.tensor([0] * 30 + [1] * 3 + [2])  # degrees 30, 3 and 1
     torch.manual_seed(0)
-    drawn = torch.cat([users[torch.tensor(list(UserUniformIndices(users)))] for _ in range(300)])
+    drawn = torch.cat(
+        [users[torch.tensor(list(WeightedIndices(edge_draw_weights(users, "user_uniform"))))] for _ in range(300)]
+    )
     assert drawn.numel() == 300 * users.numel()
     share = torch.bincount(drawn, minlength=3) / drawn.numel()
     assert torch.allclose(share, torch.full((3,), 1 / 3), atol=0.02), share
     # within a user, their edges are drawn evenly
-    first_user = torch.cat([torch.tensor(list(UserUniformIndices(users))) for _ in range(300)])
+    first_user = torch.cat(
+        [torch.tensor(list(WeightedIndices(edge_draw_weights(users, "user_uniform")))) for _ in range(300)]
+    )
     first_user = first_user[first_user < 30]
     assert torch.bincount(first_user, minlength=30).float().div(first_user.numel()).sub(1 / 30).abs().max() < 0.015
 
@@ -199,7 +203,15 @@ def test_log_q_follows_the_edge_sampling():
     assert torch.allclose(shuffle / shuffle.sum(), torch.tensor([0.5, 0.25, 0.25], dtype=torch.float64))
     assert torch.allclose(uniform / uniform.sum(), torch.tensor([2 / 3, 1 / 6, 1 / 6], dtype=torch.float64))
     torch.manual_seed(0)
-    drawn = torch.cat([edges[1, torch.tensor(list(UserUniformIndices(edges[0])))] for _ in range(3000)]) - 2
+    drawn = (
+        torch.cat(
+            [
+                edges[1, torch.tensor(list(WeightedIndices(edge_draw_weights(edges[0], "user_uniform"))))]
+                for _ in range(3000)
+            ]
+        )
+        - 2
+    )
     assert torch.allclose(torch.bincount(drawn).double() / drawn.numel(), uniform / uniform.sum(), atol=0.01)
     # expected batch count: 4 positives drawn by weight, plus 4 * 2 uniform negatives over 3 items
     job = load_config(TrainJobConfig, **{"optim.batch_size": 4, "optim.num_negatives": 2})

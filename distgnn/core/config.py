@@ -67,7 +67,24 @@ class PrepareConfig:
     input: str = opt(
         "",
         "input path: a CSV/Parquet file, a MovieLens file or folder, a LightGCN folder "
-        "(train.txt/test.txt); empty = the synthetic generator",
+        "(train.txt/test.txt); empty = the synthetic generator. With --split given and "
+        "--test_input: the training part",
+    )
+    val_input: str = opt(
+        "",
+        "--split given: the validation part (a ground-truth file of held-out rows), read "
+        "with the format and column options of input; empty = validation carved at random "
+        "from the training part (val_fraction). Needs test_input",
+    )
+    test_input: str = opt(
+        "",
+        "--split given: the test part, read with the format and column options of input "
+        "(csv, parquet, or an ml-100k file: --input u1.base --test_input u1.test). Policy: a "
+        "pair in several parts belongs to the most held-out one (test, then val) and its "
+        "rows in the other parts are dropped, so training never sees a held-out pair; "
+        "held-out rows whose user or item has no row in the training part are dropped with "
+        "a logged count (a model cannot score a node it never trained). A dataset's own "
+        "split (an ml-100k folder's ua.base/ua.test, lightgcn) keeps such rows, as published",
     )
     format: str = opt(
         "auto",
@@ -100,17 +117,50 @@ class PrepareConfig:
         "fractions and values beyond int64 fail",
     )
     rating_col: str = opt("", "rating column, empty if none (csv/parquet); NaN or infinite ratings fail")
-    event_col: str = opt("", "event-type column such as click/buy, empty if none (csv/parquet)")
+    event_col: str = opt(
+        "", "event-type column such as click/buy, empty if none (csv/parquet); event types are text as written"
+    )
     keep_events: str = opt(
         "",
         "comma-separated event types kept as interactions; empty keeps all. Users "
         "and items left with no interaction are absent from the graph; if no row "
         "is left, it fails",
     )
+    event_weights: str = opt(
+        "",
+        "weight of each event type, e.g. pv:1,cart:2,fav:2,buy:4 (needs event_col; "
+        "positive numbers): a row weighs its event's weight (with --duplicates count, a "
+        "pair weighs the sum over its events). An event type in the data that the map "
+        "lacks fails naming its row. Adds a float32 'weight' column to "
+        "train/val/test.parquet; empty = no weights",
+    )
+    target_events: str = opt(
+        "",
+        "comma-separated event types (e.g. buy) that make a (user, item) pair eligible for "
+        "val/test: per user, the held-out pairs are chosen among the pairs with at least "
+        "one such event, by the split method (temporal: by the pair's timestamp); every "
+        "other pair stays in train, and a held-out pair leaves train with all its events. "
+        "Fractions count a user's eligible pairs; leave_one_out holds out one if the user "
+        "has another pair to train on. Needs event_col; not with --split given; a type "
+        "that never occurs fails. Empty = every pair is eligible",
+    )
+    sample_fraction: float = opt(
+        1.0,
+        "keep this random fraction (seeded by seed) of the users, with all their "
+        "interactions, after the filters and before splitting: a quick try on a big log; "
+        "the counts kept are logged. 1 = every user",
+    )
     csv_header: bool = opt(
         True,
         "whether a CSV input has a header row (without one, columns are "
         "named f0, f1, f2, ... and the *_col options use those names)",
+    )
+    csv_columns: str = opt(
+        "",
+        "names of the columns of a headerless CSV, in order, comma-separated (e.g. "
+        "user_id,item_id,category_id,behavior,timestamp); implies no header row, and the "
+        "*_col options use these names. A row with another number of fields fails naming "
+        "its row. Empty = the header names them (or f0, f1, ... without csv_header)",
     )
     delimiter: str = opt(
         "auto", "CSV field separator: one character, tab, or auto (tab for .tsv files, comma otherwise)"
@@ -124,23 +174,62 @@ class PrepareConfig:
     )
     duplicates: str = opt(
         "first",
-        "policy for repeated (user, item) pairs: keep the first (earliest), the last, or fail",
-        choices=("first", "last", "error"),
+        "policy for repeated (user, item) pairs: keep the first (earliest), the last, "
+        "fail, or count: one row per pair with the latest event's timestamp and rating "
+        "and a float32 'weight' column in train/val/test.parquet: the number of the "
+        "pair's events (the sum of their event_weights)",
+        choices=("first", "last", "error", "count"),
     )
     split: str = opt(
         "random",
         "how to split: random per user, temporal per user (latest interactions "
         "held out), leave-one-out (one val and one test item per user, latest by "
-        "time or file order), or the dataset's own split",
+        "time or file order), or the dataset's own split (or the files of --test_input and --val_input)",
         choices=("random", "temporal", "leave_one_out", "given"),
     )
     val_fraction: float = opt(
         0.1,
         "fraction of each user's interactions for validation (random/temporal;"
-        " with 'given', carved at random from the given training part)",
+        " with 'given', carved at random from the given training part; ignored with val_input)",
     )
     test_fraction: float = opt(0.1, "fraction of each user's interactions for test (random/temporal)")
-    seed: int = opt(0, "random seed of the split (and of the partitioning)")
+    seed: int = opt(0, "random seed of the split (and of sample_fraction and the partitioning)")
+    user_features: str = opt(
+        "",
+        "CSV or Parquet table of user features: a header row (CSV read with --delimiter), "
+        "one row per user, the id in the column named by user_col. Every other column is a "
+        "feature: a column with a number in every row is numeric, standardised (z-score "
+        "over the graph's users; constant -> 0); a text column is categorical, one-hot "
+        "over its max_categories most frequent values plus one 'other' column for the rest "
+        "(an empty value is in no column). Fails: a text column whose values are mostly "
+        "(over half) numbers, naming its first non-number (a typo? or list the column in "
+        "categorical_columns), an empty or NaN numeric value, repeated ids, no rows. Ids "
+        "not in the interactions are ignored and users without a row get zeros (both "
+        "logged). Written to features/user.npy, replacing the format's own user "
+        "features; the raw values also go to users.parquet (null where a user has no row)",
+    )
+    item_features: str = opt(
+        "",
+        "CSV or Parquet table of item features, as user_features (the id in the column "
+        "named by item_col; features/item.npy, raw values in items.parquet)",
+    )
+    item_feature_cols: str = opt(
+        "",
+        "comma-separated columns of the interaction file (csv/parquet) used as categorical "
+        "item features (e.g. Taobao's category_id), each item's first value in the file; "
+        "encoded and written raw to items.parquet like item_features",
+    )
+    categorical_columns: str = opt(
+        "",
+        "comma-separated feature columns encoded as categories although they hold numbers "
+        "(codes such as occupation); each must be a column of user_features or item_features",
+    )
+    max_categories: int = opt(
+        50,
+        "categorical features: one-hot columns for this many most frequent values (ties by "
+        "value), plus one 'other' column when a feature has more",
+        minimum=1,
+    )
     partitions: int = opt(
         0,
         "also split the graph into this many parts, one per worker, written to "
@@ -160,12 +249,17 @@ class PrepareConfig:
 class ModelConfig:
     name: str = opt(
         "lightgcn",
-        "model: LightGCN, GraphSAGE-style bipartite model, or matrix factorisation",
-        choices=("lightgcn", "sage", "mf"),
+        "model: LightGCN, GraphSAGE-style bipartite model, matrix factorisation, or neural "
+        "collaborative filtering (NeuMF: GMF + MLP towers scoring a pair; He et al., WWW 2017)",
+        choices=("lightgcn", "sage", "mf", "ncf"),
     )
     dim: int = opt(64, "embedding dimension")
     num_layers: int = opt(3, "message-passing layers (ignored by mf)")
     use_features: bool = opt(True, "sage: feed the graph's node features, when it has them")
+    mlp_layers: tuple[int, ...] = opt(
+        (64, 32, 16),
+        "ncf: widths of the MLP tower (its input is the user's and the item's MLP embeddings, dim each)",
+    )
     item_bias: bool = opt(
         False,
         "softmax: learn one score offset per item, added to its logits. Bounded "
@@ -197,7 +291,14 @@ class SamplerConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    loss: str = opt("softmax", "bpr, or sampled softmax over in-batch + uniform negatives", choices=("bpr", "softmax"))
+    loss: str = opt(
+        "softmax",
+        "ranking: bpr, sampled softmax over in-batch + uniform negatives, or bce (pointwise log loss on "
+        "each positive and its num_negatives uniform negatives, as the NCF paper trains). rating: mse, "
+        "the squared error of predicted ratings <u, i> + b_u + b_i + mean on the graph's rating column "
+        "(the rating-prediction task; evaluated by RMSE/MAE)",
+        choices=("bpr", "softmax", "bce", "mse"),
+    )
     num_negatives: int = opt(
         1,
         "uniform negative items per positive, on top of the in-batch ones "
@@ -252,6 +353,12 @@ class OptimConfig:
     )
     lr_final_fraction: float = opt(0.0, "cosine schedule: the last step's learning rate as a fraction of lr")
     l2: float = opt(1e-4, "L2 penalty on the embeddings of the batch (LightGCN's regulariser)")
+    edge_weight: bool = opt(
+        False,
+        "draw training edges in proportion to their prepared weight (the graph's weight column: "
+        "prepare's duplicates count / event_weights), so repeated and stronger behaviours count more; "
+        "false = every (user, item) pair alike",
+    )
     max_steps_per_epoch: int = opt(0, "cap on steps per epoch, 0 = a full pass over the worker's edges")
     time_budget_min: float = opt(
         0.0, "stop before an epoch that would end past this many minutes of training and evaluation, 0 = no budget"
@@ -261,10 +368,27 @@ class OptimConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     ks: tuple[int, ...] = opt((10, 20), "cut-offs K for Recall/NDCG/HR/Precision/MRR@K")
-    metric: str = opt("ndcg@20", "validation metric for early stopping and the best checkpoint")
+    metric: str = opt(
+        "ndcg@20",
+        "validation metric for early stopping and the best checkpoint (rmse or mae, lower is "
+        "better, for the rating task)",
+    )
     patience: int = opt(5, "epochs without improvement before stopping early, 0 = never")
     every: int = opt(1, "validate every this many epochs")
     batch_size: int = opt(1024, "users scored at once in full-ranking evaluation")
+    sampled_negatives: int = opt(
+        0,
+        "also rank each held-out item against this many uniformly sampled items the user never "
+        "interacted with (the NCF paper's protocol: 99), reported as sampled_hr@K and sampled_ndcg@K "
+        "(the same fixed draw every epoch); 0 = off",
+        minimum=0,
+    )
+    cold_users: int = opt(
+        0,
+        "also report the metrics of cold users, those with at most this many training items, "
+        "as cold/<metric> (and their count as cold/num_users); 0 = off",
+        minimum=0,
+    )
     max_users: int = opt(
         0,
         "evaluate a fixed random sample of this many users (those of them with "
@@ -337,9 +461,14 @@ class TrainJobConfig:
         return () if self.model.name == "mf" else self.sampler.num_neighbors
 
     @property
+    def task(self) -> str:
+        """rating (predict a rating column, loss mse) or ranking (every other loss)."""
+        return "rating" if self.optim.loss == "mse" else "ranking"
+
+    @property
     def num_negatives(self) -> int:
-        """Uniform negatives per positive: BPR uses one."""
-        return 1 if self.optim.loss == "bpr" else self.optim.num_negatives
+        """Uniform negatives per positive: BPR uses one, the rating task none."""
+        return {"bpr": 1, "mse": 0}.get(self.optim.loss, self.optim.num_negatives)
 
     @property
     def cosine_scores(self) -> bool:

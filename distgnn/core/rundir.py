@@ -119,9 +119,9 @@ def plot_curves(run_dir: Path, history: list[dict], metric: str) -> Path | None:
 def results_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
     """A small fixed-width table: one row per model/baseline, one column per metric."""
     width = max(len(r) for r in rows) + 2
-    lines = ["".ljust(width) + "".join(c.rjust(12) for c in columns)]
+    widths = [max(12, len(c) + 2) for c in columns]
+    lines = ["".ljust(width) + "".join(c.rjust(w) for c, w in zip(columns, widths))]
     for name, values in rows.items():
-        lines.append(
-            name.ljust(width) + "".join((f"{values[c]:.4f}" if c in values else "-").rjust(12) for c in columns)
-        )
+        cells = ((f"{values[c]:.4f}" if c in values else "-").rjust(w) for c, w in zip(columns, widths))
+        lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)

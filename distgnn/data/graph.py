@@ -94,6 +94,27 @@ class Graph:
     def split(self, name: str) -> ItemSets:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def columns(self, split: str) -> list[str]:
+        """The value columns a split's Parquet file holds beyond user and item (rating, weight, ...)."""
+        return [c for c in pq.read_schema(self.path / f"{split}.parquet").names if c not in ("user", "item")]
+
+    def train_values(self, column: str) -> Tensor:
+        """``[E]`` float32 values of a column of train.parquet (rating, weight) in the order of
+        :attr:`train_edges` (by user, then item: the CSR's order), for the loader to hand out with
+        each batch's edges. Pairs are unique, so sorting by (user, item) aligns the two."""
+        table = pq.read_table(self.path / "train.parquet", columns=["user", "item", column])
+        user, item = table["user"].to_numpy(), table["item"].to_numpy()
+        if user.size != self.train.indices.numel():
+            raise DataError(f"{self.path}/train.parquet: {user.size} rows, the graph has {self.train.indices.numel()}")
+        order = np.lexsort((item, user))
+        return torch.from_numpy(table[column].to_numpy().astype(np.float32)[order])
+
+    def held_out(self, split: str, column: str) -> tuple[Tensor, Tensor, Tensor]:
+        """``(user [n], item [n], value [n] float32)`` of a held-out split's column (e.g. rating)."""
+        table = pq.read_table(self.path / f"{split}.parquet", columns=["user", "item", column])
+        user, item = (torch.from_numpy(table[c].to_numpy().astype(np.int64)) for c in ("user", "item"))
+        return user, item, torch.from_numpy(table[column].to_numpy().astype(np.float32))
+
     def node_features(self) -> Tensor | None:
         """``[N, Fu + Fi]`` block layout of user and item features (zeros where a side has none)."""
         if self.user_features is None and self.item_features is None:

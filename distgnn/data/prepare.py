@@ -6,9 +6,12 @@
 Layout of the graph directory (all written under a temporary name, renamed when complete)::
 
     meta.json                      counts, split, schema, source, checksums of every file below
-    users.parquet, items.parquet   id maps: dense index -> raw id (string)
+                                   [, edge_weight, feature_columns, sample]
+    users.parquet, items.parquet   id maps: dense index -> raw id (string) [, raw feature columns of
+                                   --user_features/--item_features/--item_feature_cols, null where none]
     train.parquet, val.parquet, test.parquet
                                    user, item (dense indices) [, timestamp] [, rating]
+                                   [, weight float32: --duplicates count or --event_weights]
     graph/indptr.npy, graph/indices.npy
                                    CSR of the training graph, both directions, homogeneous numbering
                                    (users 0..U-1, items U..U+I-1), rows sorted
@@ -23,11 +26,18 @@ int64 fail); ratings must be finite; bytes that are not UTF-8 fail naming their 
 filters (keep_events, min_rating) leave without interactions are absent, and nothing left fails; an empty
 val or test split is logged as a warning saying why. The output folder may not be the current folder or
 above it, hold an input, or sit below a file (:func:`check_output_path`).
+
+Order of the steps: read (keep_events), min_rating, sample_fraction (whole users), ids, repeated pairs
+(a pair in several given files goes to the most held-out one; then first/last/error/count, with weights),
+held-out rows of given files whose ids never train are dropped, split (target_events: only pairs with a
+target event are held out), write. Feature tables are joined by raw id when writing
+(:func:`feature_matrix`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -57,13 +67,18 @@ TRAIN, VAL, TEST = 0, 1, 2
 class Interactions:
     """Raw interactions after reading: one row per event, ids still raw strings."""
 
-    table: pa.Table  # columns: user, item (string) [, timestamp int64] [, rating float32] [, given_split int8]
+    # columns: user, item (string) [, timestamp int64] [, rating float32] [, event string] [, given_split int8]
+    # [, "item_feature.NAME" string: the columns of item_feature_cols]
+    table: pa.Table
     source: str
     user_features: tuple[np.ndarray, np.ndarray] | None = None  # (raw ids [n] str, values [n, F] float32)
     item_features: tuple[np.ndarray, np.ndarray] | None = None
     # [n] int64: the 0-based data row in the source of each table row, once a filter has dropped rows
     # (so that later errors still name the row a person finds in the file); None = the table's own order
     rows: np.ndarray | None = None
+    # with --test_input: the source of each given_split code (train, val, test), for errors that name a row;
+    # empty for one source. Held-out parts read from such files drop rows whose ids have no training row.
+    part_sources: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -252,9 +267,11 @@ def _rating_column(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedAr
     return ratings
 
 
-def _require_columns(path: Path | str, names: list[str], roles: dict[str, str], hint: str = "") -> None:
+def _require_columns(
+    path: Path | str, names: list[str], roles: dict[str, str] | list[tuple[str, str]], hint: str = ""
+) -> None:
     """Every named column exists, once; otherwise one line listing the columns found (the first 12)."""
-    for role, col in roles.items():
+    for role, col in roles.items() if isinstance(roles, dict) else roles:
         if col and col not in names:
             found = ", ".join(_short(n, 30) for n in names[:12])
             more = f", ... ({len(names)} in all)" if len(names) > 12 else ""
@@ -358,16 +375,46 @@ def _refuse_binary(path: Path) -> None:
         raise DataError(f"{path}: binary data (a NUL byte at byte {at}), expected UTF-8 CSV text{hint}")
 
 
+def option_names(text: str, key: str) -> list[str]:
+    """A comma-separated option value as a list of names (surrounding whitespace dropped); an empty or
+    repeated name is a ConfigError naming the key."""
+    if not text.strip():
+        return []
+    names = [n.strip() for n in text.split(",")]
+    if "" in names:
+        raise ConfigError(f"config key '{key}': expected comma-separated names, got an empty one in {text!r}")
+    repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if repeated is not None:
+        raise ConfigError(f"config key '{key}': {repeated!r} is named twice in {text!r}")
+    return names
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """How a CSV file names its columns: a header row, names given in order (csv_columns), or f0, f1, ..."""
+
+    delimiter: str
+    header: bool = True
+    names: tuple[str, ...] = ()
+
+
+def csv_layout(path: Path, cfg: PrepareConfig) -> CsvLayout:
+    """The layout of the interaction files: csv_columns implies no header row."""
+    names = tuple(option_names(cfg.csv_columns, "csv_columns"))
+    return CsvLayout(csv_delimiter(path, cfg.delimiter), header=cfg.csv_header and not names, names=names)
+
+
 def _csv_options(
-    cfg: PrepareConfig, delimiter: str, *, use_threads: bool = True, invalid_row_handler: Callable | None = None
+    layout: CsvLayout, *, use_threads: bool = True, invalid_row_handler: Callable | None = None
 ) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions]:
-    return (
-        pacsv.ReadOptions(autogenerate_column_names=not cfg.csv_header, use_threads=use_threads),
-        pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=invalid_row_handler),
-    )
+    if layout.names:
+        read_opts = pacsv.ReadOptions(column_names=list(layout.names), use_threads=use_threads)
+    else:
+        read_opts = pacsv.ReadOptions(autogenerate_column_names=not layout.header, use_threads=use_threads)
+    return read_opts, pacsv.ParseOptions(delimiter=layout.delimiter, invalid_row_handler=invalid_row_handler)
 
 
-def _csv_parse_error(path: Path, cfg: PrepareConfig, delimiter: str, err: BaseException) -> DataError:
+def _csv_parse_error(path: Path, layout: CsvLayout, err: BaseException) -> DataError:
     """The parse error with its row. pyarrow names the row only when reading on one thread, so the file
     is read again that way, on this error path only, stopping at the first bad row."""
     bad: list[pacsv.InvalidRow] = []
@@ -376,78 +423,124 @@ def _csv_parse_error(path: Path, cfg: PrepareConfig, delimiter: str, err: BaseEx
         bad.append(row)
         return "error"
 
-    read_opts, parse_opts = _csv_options(cfg, delimiter, use_threads=False, invalid_row_handler=record)
+    read_opts, parse_opts = _csv_options(layout, use_threads=False, invalid_row_handler=record)
     try:
         pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError):
         pass
     if bad and bad[0].number is not None:
         row = bad[0]
+        named = f" ({', '.join(layout.names)})" if layout.names else ""
         return DataError(
-            f"{path}: cannot parse as CSV: row {row.number - int(cfg.csv_header)}: expected "
-            f"{row.expected_columns} fields separated by {delimiter!r}, got {row.actual_columns}: "
+            f"{path}: cannot parse as CSV: row {row.number - int(layout.header)}: expected "
+            f"{row.expected_columns} fields{named} separated by {layout.delimiter!r}, got {row.actual_columns}: "
             f"{_short(row.text)}"
         )
     return DataError(f"{path}: cannot parse as CSV: {_one_line(err)}")
 
 
-def _read_csv(path: Path, cfg: PrepareConfig, roles: dict[str, str]) -> pa.Table:
-    delimiter = csv_delimiter(path, cfg.delimiter)
+def _read_csv_table(path: Path, layout: CsvLayout, verbatim: list[str], *, strings_can_be_null: bool = False):
+    """Read a whole CSV file; the ``verbatim`` columns as bytes. Errors name the file (and the row)."""
     _refuse_binary(path)
-    read_opts, parse_opts = _csv_options(cfg, delimiter)
+    read_opts, parse_opts = _csv_options(layout)
     # Ids and events are read as bytes: verbatim ('007' stays '007', '1e3' is not 1000.0), and checked as
     # UTF-8 afterwards so that a bad byte names its row. Only an empty field is missing: 'NaN', 'NA' or
     # 'null' stay visible, to be quoted in errors (a NaN rating parses as NaN and then fails as one).
-    text = {col: pa.binary() for role, col in roles.items() if col and role in ("user", "item", "event")}
-    convert_opts = pacsv.ConvertOptions(column_types=text, null_values=[""])
+    convert_opts = pacsv.ConvertOptions(
+        column_types={col: pa.binary() for col in verbatim},
+        null_values=[""],
+        strings_can_be_null=strings_can_be_null,
+    )
     try:
         table = pacsv.read_csv(path, read_options=read_opts, parse_options=parse_opts, convert_options=convert_opts)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise _csv_parse_error(path, cfg, delimiter, err) from None
+        raise _csv_parse_error(path, layout, err) from None
     except OSError as err:  # permission denied, I/O errors (pyarrow raises these as OSError)
         raise DataError(f"{path}: cannot read: {_one_line(err)}") from None
     try:
-        names = table.column_names
+        table.column_names  # noqa: B018 (decodes the header: a bad byte shows here)
     except UnicodeDecodeError as err:
         raise DataError(
             f"{path}: the header is not UTF-8 text (byte {err.start} of a column name); re-encode the file as UTF-8"
         ) from None
+    return table
+
+
+def _read_csv(path: Path, cfg: PrepareConfig, roles: list[tuple[str, str]]) -> pa.Table:
+    layout = csv_layout(path, cfg)
+    text_roles = ("user", "item", "event", "item feature")
+    table = _read_csv_table(path, layout, [col for role, col in roles if col and role in text_roles])
+    names = table.column_names
     hint = ""
     if len(names) == 1:
-        hint = f"; one column only: are fields separated by something other than {delimiter!r}? (--delimiter)"
+        hint = f"; one column only: are fields separated by something other than {layout.delimiter!r}? (--delimiter)"
     _require_columns(path, names, roles, hint)
     return table
 
 
-def _read_parquet(path: Path, roles: dict[str, str]) -> pa.Table:
+def _read_parquet(path: Path, roles: dict[str, str] | list[tuple[str, str]]) -> pa.Table:
     """Only the named columns are read: a wide file costs what its interaction columns cost."""
+    cols = [c for _, c in (roles.items() if isinstance(roles, dict) else roles) if c]
     try:
         with pq.ParquetFile(path) as file:
             _require_columns(path, file.schema_arrow.names, roles)
-            return file.read(columns=list(dict.fromkeys(c for c in roles.values() if c)))
+            return file.read(columns=list(dict.fromkeys(cols)))
     except (pa.ArrowException, OSError) as err:  # truncated, corrupt, not Parquet at all
         raise DataError(f"{path}: not a readable Parquet file ({_one_line(err)})") from None
+
+
+ITEM_FEATURE_PREFIX = "item_feature."  # Interactions.table columns holding item_feature_cols
+
+
+def parse_event_weights(text: str) -> dict[str, float]:
+    """``pv:1,cart:2,buy:4`` -> {'pv': 1.0, 'cart': 2.0, 'buy': 4.0}; each weight a positive finite number."""
+    weights: dict[str, float] = {}
+    for entry in (e.strip() for e in text.split(",") if text.strip()):
+        name, sep, value = entry.rpartition(":")
+        name = name.strip()
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not name or not np.isfinite(weight) or weight <= 0:
+            raise ConfigError(
+                f"config key 'event_weights': expected type:weight pairs with positive weights such as "
+                f"pv:1,buy:4, got {entry!r}"
+            )
+        if name in weights:
+            raise ConfigError(f"config key 'event_weights': event type {name!r} is given twice")
+        weights[name] = weight
+    return weights
+
+
+def _event_column(values: pa.ChunkedArray, where: ColumnSource) -> pa.ChunkedArray:
+    """Event types as text without surrounding whitespace (an empty event stays null)."""
+    return pc.utf8_trim_whitespace(_as_text(values, where))
 
 
 def read_table_file(path: Path, cfg: PrepareConfig) -> Interactions:
     """A generic CSV or Parquet interaction file with configurable column names. Extra columns are
     ignored. With ``event_col`` and ``keep_events``, only rows of those event types are kept: users and
-    items left without any row are absent from the graph; if no row is left, it fails."""
+    items left without any row are absent from the graph; if no row is left, it fails. With
+    ``event_weights``, every kept row's event type must have a weight."""
     _require_file(path, "an interactions file (CSV or Parquet)")
-    roles = {
-        "user": cfg.user_col,
-        "item": cfg.item_col,
-        "timestamp": cfg.time_col,
-        "rating": cfg.rating_col,
-        "event": cfg.event_col,
-    }
+    roles = [
+        ("user", cfg.user_col),
+        ("item", cfg.item_col),
+        ("timestamp", cfg.time_col),
+        ("rating", cfg.rating_col),
+        ("event", cfg.event_col),
+        *(("item feature", col) for col in option_names(cfg.item_feature_cols, "item_feature_cols")),
+    ]
     as_parquet = cfg.format == "parquet" or (cfg.format != "csv" and path.suffix == ".parquet")
     table = _read_parquet(path, roles) if as_parquet else _read_csv(path, cfg, roles)
     if table.num_rows == 0:
         raise DataError(f"{path}: no rows, expected interactions")
     rows = None
-    if cfg.event_col and cfg.keep_events:
-        events = pc.utf8_trim_whitespace(_as_text(table[cfg.event_col], ColumnSource(path, "event", cfg.event_col)))
+    events = None
+    if cfg.event_col:
+        events = _event_column(table[cfg.event_col], ColumnSource(path, "event", cfg.event_col))
+    if events is not None and cfg.keep_events:
         wanted = pa.array([e.strip() for e in cfg.keep_events.split(",")], pa.string())
         keep = pc.is_in(events, value_set=wanted)
         if not pc.any(keep).as_py():
@@ -464,9 +557,24 @@ def read_table_file(path: Path, cfg: PrepareConfig) -> Interactions:
             cfg.event_col,
             cfg.keep_events,
         )
-        table = table.filter(keep)
-    table = _interaction_table(table, path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col, rows)
-    return Interactions(table, f"{'parquet' if as_parquet else 'csv'}:{path}", rows=rows)
+        table, events = table.filter(keep), events.filter(keep)
+    if events is not None and cfg.event_weights:
+        where = ColumnSource(path, "event", cfg.event_col, rows)
+        weights = parse_event_weights(cfg.event_weights)
+        _refuse_nulls(events, where, "an event type")
+        unknown = _first_true(pc.invert(pc.is_in(events, value_set=pa.array(list(weights), pa.string()))))
+        if unknown is not None:
+            raise where.bad_value(
+                unknown, f"an event type of event_weights ({', '.join(weights)})", _short(events[unknown].as_py())
+            )
+    out = _interaction_table(table, path, cfg.user_col, cfg.item_col, cfg.time_col, cfg.rating_col, rows)
+    if events is not None:
+        out = out.append_column("event", events)
+    for role, col in roles:
+        if role == "item feature":
+            values = _as_text(table[col], ColumnSource(path, "item feature", col, rows))
+            out = out.append_column(ITEM_FEATURE_PREFIX + col, pc.utf8_trim_whitespace(values))
+    return Interactions(out, f"{'parquet' if as_parquet else 'csv'}:{path}", rows=rows)
 
 
 def _one_hot(columns: list[np.ndarray]) -> np.ndarray:
@@ -490,19 +598,53 @@ def _genre_features(genres: np.ndarray) -> np.ndarray:
     return out
 
 
+def given_parts(cfg: PrepareConfig) -> list[tuple[Path, int]]:
+    """The files of a split given by --test_input (and --val_input): (path, TRAIN/VAL/TEST)."""
+    parts = [(Path(cfg.input), TRAIN)]
+    if cfg.val_input:
+        parts.append((Path(cfg.val_input), VAL))
+    return [*parts, (Path(cfg.test_input), TEST)]
+
+
+def read_given_files(parts: list[tuple[Path, int]], read: Callable[[Path], Interactions]) -> Interactions:
+    """One table of the parts, each read by ``read`` and labelled in a given_split column; ``rows`` and
+    ``part_sources`` keep each row's file and data row for errors."""
+    tables, rows, sources = [], [], ["", "", ""]
+    for path, code in parts:
+        data = read(path)
+        n = data.table.num_rows
+        tables.append(data.table.append_column("given_split", pa.array(np.full(n, code, np.int8))))
+        rows.append(data.rows if data.rows is not None else np.arange(n))
+        sources[code] = str(path)
+    return Interactions(pa.concat_tables(tables), "", rows=np.concatenate(rows), part_sources=tuple(sources))
+
+
 def read_movielens_100k(path: Path, cfg: PrepareConfig) -> Interactions:
     folder = path if path.is_dir() else path.parent
     names = ["user", "item", "rating", "timestamp"]
     types = {"user": pa.string(), "item": pa.string(), "rating": pa.float32(), "timestamp": pa.int64()}
-    if cfg.split == "given":
+    what = "MovieLens-100K user\\titem\\trating\\ttimestamp"
+    given = Interactions(pa.table({}), f"movielens-100k:{folder}")  # rows and sources of a split from files
+    if cfg.test_input:
+        if path.is_dir():
+            raise ConfigError(
+                f"config key 'input': with --test_input, input is the training file (such as u1.base), not the "
+                f"folder {path}"
+            )
+        given = read_given_files(
+            given_parts(cfg),
+            lambda file: Interactions(_read_delimited(file, names, "\t", what, types), str(file)),
+        )
+        table = given.table
+    elif cfg.split == "given":
         parts = []
         for name, split in (("ua.base", TRAIN), ("ua.test", TEST)):
-            t = _read_delimited(folder / name, names, "\t", "MovieLens-100K user\\titem\\trating\\ttimestamp", types)
+            t = _read_delimited(folder / name, names, "\t", what, types)
             parts.append(t.append_column("given_split", pa.array(np.full(t.num_rows, split, np.int8))))
         table = pa.concat_tables(parts)
     else:
         file = path if path.is_file() else folder / "u.data"
-        table = _read_delimited(file, names, "\t", "MovieLens-100K user\\titem\\trating\\ttimestamp", types)
+        table = _read_delimited(file, names, "\t", what, types)
     user_features = item_features = None
     if (folder / "u.user").is_file():
         users = _read_delimited(
@@ -524,10 +666,11 @@ def read_movielens_100k(path: Path, cfg: PrepareConfig) -> Interactions:
             ),
         )
     if (folder / "u.item").is_file():
-        rows = [r.split("|") for r in (folder / "u.item").read_bytes().decode("latin-1").splitlines() if r]
-        ids = np.array([r[0] for r in rows])
-        item_features = (ids, np.array([[float(x) for x in r[-19:]] for r in rows], dtype=np.float32))
-    return Interactions(table, f"movielens-100k:{folder}", user_features, item_features)
+        lines = [r.split("|") for r in (folder / "u.item").read_bytes().decode("latin-1").splitlines() if r]
+        ids = np.array([r[0] for r in lines])
+        item_features = (ids, np.array([[float(x) for x in r[-19:]] for r in lines], dtype=np.float32))
+    source = f"movielens-100k:{path}" if cfg.test_input else given.source
+    return replace(given, table=table, source=source, user_features=user_features, item_features=item_features)
 
 
 def read_movielens_1m(path: Path, cfg: PrepareConfig) -> Interactions:
@@ -644,6 +787,9 @@ def read_synthetic(cfg: PrepareConfig) -> Interactions:
     return Interactions(table, "synthetic", None, (item_ids, s.item_features))
 
 
+ML_100K_FILE = re.compile(r"u[1-5ab]\.(base|test)")  # the dataset's own split files, read one by one
+
+
 def detect_format(path: Path) -> str:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
@@ -653,7 +799,7 @@ def detect_format(path: Path) -> str:
         raise DataError(f"{path}: cannot list the folder ({err.strerror})") from None
     if {"train.txt", "test.txt"} <= names:
         return "lightgcn"
-    if "u.data" in names or "ua.base" in names:
+    if "u.data" in names or "ua.base" in names or (path.is_file() and ML_100K_FILE.fullmatch(path.name)):
         return "ml-100k"
     if "ratings.dat" in names or ("ratings.parquet" in names and "movies.dat" in names):
         return "ml-1m"
@@ -671,10 +817,19 @@ def read_interactions(cfg: PrepareConfig) -> Interactions:
         raise ConfigError(f"config key 'input': required for format '{cfg.format}'")
     path = Path(cfg.input)
     fmt = detect_format(path) if cfg.format == "auto" else cfg.format
-    if cfg.split == "given" and fmt not in ("ml-100k", "lightgcn"):
+    if cfg.test_input and fmt not in ("csv", "parquet", "ml-100k"):
         raise ConfigError(
-            f"config key 'split': format '{fmt}' ships no split of its own; use random, temporal or leave_one_out"
+            f"config key 'test_input': held-out files are read as csv, parquet or ml-100k, not format '{fmt}'"
         )
+    if cfg.split == "given" and not cfg.test_input and fmt not in ("ml-100k", "lightgcn"):
+        raise ConfigError(
+            f"config key 'split': {path} (format '{fmt}') ships no split of its own; use random, temporal or "
+            "leave_one_out, or name the held-out files with --test_input (and --val_input)"
+        )
+    if fmt not in ("csv", "parquet"):
+        for key in ("event_weights", "target_events", "item_feature_cols", "csv_columns"):
+            if getattr(cfg, key):
+                raise ConfigError(f"config key '{key}': applies to csv/parquet columns; format '{fmt}' has none")
     if fmt in ("csv", "parquet") and not cfg.rating_col and cfg.min_rating > -np.inf:
         # checked before reading: a filter that cannot apply must not be skipped silently
         raise ConfigError(
@@ -689,6 +844,9 @@ def read_interactions(cfg: PrepareConfig) -> Interactions:
     }
     if fmt in readers:
         return readers[fmt](path, cfg)
+    if cfg.test_input:
+        given = read_given_files(given_parts(cfg), lambda file: read_table_file(file, cfg))
+        return replace(given, source=f"{fmt}:{path}")
     return read_table_file(path, cfg)
 
 
@@ -702,53 +860,100 @@ def encode_ids(raw: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
     return encoded.indices.to_numpy().astype(np.int64), encoded.dictionary
 
 
+def pair_keys(user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """One int64 key per (user, item) pair, equal exactly for equal pairs."""
+    return user * (int(item.max()) + 1) + item
+
+
 def deduplicate(
     user: np.ndarray,
     item: np.ndarray,
     order: np.ndarray,
     policy: str,
     *,
-    source: str = "input",
+    source: str | tuple[str, ...] = "input",
     rows: np.ndarray | None = None,
+    parts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Row indices to keep so each (user, item) pair appears once.
 
     ``order`` ranks rows in time (timestamp, or file position; ties go by file position); ``first`` keeps
-    the earliest row of a pair, ``last`` the latest, ``error`` raises on the first repeated pair, naming
-    its row in ``source`` (``rows`` maps row indices to source rows, as ``Interactions.rows``).
+    the earliest row of a pair, ``last`` and ``count`` the latest (``count`` then weighs the pair by its
+    rows: :func:`pair_totals`), ``error`` raises on the first repeated pair, naming its row in ``source``
+    (``rows`` maps row indices to source rows, as ``Interactions.rows``; with ``parts``, row ``i`` comes
+    from ``source[parts[i]]``).
     """
-    key = user * (int(item.max()) + 1) + item
+    key = pair_keys(user, item)
     by_time = np.lexsort((np.arange(key.size), order))
-    if policy == "last":
+    if policy in ("last", "count"):
         by_time = by_time[::-1]
     _, first = np.unique(key[by_time], return_index=True)
     keep = np.sort(by_time[first])
     if policy == "error" and keep.size != key.size:
         dup = np.setdiff1d(np.arange(key.size), keep)[0]
         other = keep[np.flatnonzero(key[keep] == key[dup])[0]]
+        names = (source,) if isinstance(source, str) else source
+        file_dup, file_other = (names[parts[dup]], names[parts[other]]) if parts is not None else (names[0],) * 2
         dup, other = (rows[dup], rows[other]) if rows is not None else (dup, other)
+        also = f"row {other + 1}" if file_other == file_dup else f"{file_other} row {other + 1}"
         raise DataError(
-            f"{source}: row {dup + 1}: repeated (user, item) pair (also in row {other + 1}); "
-            "use --duplicates first or last"
+            f"{file_dup}: row {dup + 1}: repeated (user, item) pair (also in {also}); "
+            "use --duplicates first, last or count"
         )
     return keep
 
 
+def pair_totals(user: np.ndarray, item: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """For each kept row ``keep[j]``, the sum of ``values`` over all rows of its (user, item) pair."""
+    _, pair = np.unique(pair_keys(user, item), return_inverse=True)
+    return np.bincount(pair, weights=values)[pair[keep]]
+
+
+def held_out_pairs_win(user: np.ndarray, item: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Mask of the rows to keep when the parts of a given split share pairs: a pair belongs to the most
+    held-out part it appears in (test, then val, then train), so training never sees a held-out pair."""
+    _, pair = np.unique(pair_keys(user, item), return_inverse=True)
+    rank = given.astype(np.int8)  # the codes rank by how held out a part is: TRAIN < VAL < TEST
+    most = np.zeros(int(pair.max()) + 1, np.int8)
+    np.maximum.at(most, pair, rank)
+    return rank == most[pair]
+
+
+def seen_in_training(user: np.ndarray, item: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Mask of rows that are training rows or whose user and item both have a training row."""
+    train = given == TRAIN
+    user_seen = np.zeros(int(user.max()) + 1, bool)
+    item_seen = np.zeros(int(item.max()) + 1, bool)
+    user_seen[user[train]] = True
+    item_seen[item[train]] = True
+    return train | (user_seen[user] & item_seen[item])
+
+
 def held_out_counts(
-    n_user: np.ndarray, *, method: str, val_fraction: float, test_fraction: float
+    n_user: np.ndarray,
+    *,
+    method: str,
+    val_fraction: float,
+    test_fraction: float,
+    n_total: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """How many of a user's ``n_user`` interactions go to validation and to test (arrays like ``n_user``).
+    """How many of a user's ``n_user`` eligible interactions go to validation and to test (arrays like
+    ``n_user``); ``n_total`` (default ``n_user``) is the user's number of interactions, eligible or not.
 
     random/temporal: ``round(n * fraction)`` (halves up), test first, both capped so that at least one
     interaction stays for training; leave_one_out: one test interaction from 2 on, one validation from 3 on
-    (a fraction of 0 turns that split off).
+    (a fraction of 0 turns that split off); with ``n_total``, from 1 and 2 eligible ones, when the user
+    keeps one interaction for training.
     """
+    n_total = n_user if n_total is None else n_total
     if method == "leave_one_out":
-        n_test = (n_user >= 2).astype(np.int64) if test_fraction > 0 else np.zeros_like(n_user)
-        n_val = (n_user >= 3).astype(np.int64) if val_fraction > 0 else np.zeros_like(n_user)
+        n_test = ((n_user >= 1) & (n_total >= 2)).astype(np.int64) if test_fraction > 0 else np.zeros_like(n_user)
+        n_val = ((n_user >= 2) & (n_total >= 3)).astype(np.int64) if val_fraction > 0 else np.zeros_like(n_user)
     elif method in ("random", "temporal"):
-        n_test = np.minimum(np.floor(n_user * test_fraction + 0.5).astype(np.int64), n_user - 1)
-        n_val = np.minimum(np.floor(n_user * val_fraction + 0.5).astype(np.int64), n_user - 1 - n_test)
+        n_test = np.minimum(np.floor(n_user * test_fraction + 0.5).astype(np.int64), np.minimum(n_user, n_total - 1))
+        n_val = np.minimum(
+            np.floor(n_user * val_fraction + 0.5).astype(np.int64), np.minimum(n_user, n_total - 1) - n_test
+        )
     else:
         raise ConfigError(f"config key 'split': unknown method {method!r}")
     return n_val, n_test
@@ -763,13 +968,15 @@ def split_interactions(
     test_fraction: float,
     seed: int,
     given: np.ndarray | None = None,
+    eligible: np.ndarray | None = None,
 ) -> np.ndarray:
     """Label each interaction TRAIN, VAL or TEST per user (vectorised over users).
 
     random: a random ``val_fraction``/``test_fraction`` of each user's interactions;
     temporal: the latest ones by ``order``; leave_one_out: the latest one for test and the one before
     for validation; given: ``given`` labels, with validation carved at random from the given train part.
-    Every user keeps at least one training interaction.
+    With ``eligible`` (a mask), only eligible interactions are held out, and fractions count a user's
+    eligible ones. Every user keeps at least one training interaction.
     """
     rng = np.random.default_rng(seed)
     n = user.size
@@ -787,13 +994,21 @@ def split_interactions(
         raise ConfigError("config keys 'val_fraction'/'test_fraction': expected two fractions summing below 1")
     # order as it is, not as float64: nanosecond timestamps differ below float64's resolution
     within = rng.random(n) if method == "random" else order
-    perm = np.lexsort((rng.random(n), within, user))  # grouped by user; within a user by time or at random
+    last = np.zeros(n, bool) if eligible is None else eligible  # eligible rows sort after the others of a user
+    perm = np.lexsort((rng.random(n), within, last, user))  # grouped by user; within a user by time or at random
     counts = np.bincount(user, minlength=int(user.max()) + 1)
+    eligible_counts = counts if eligible is None else np.bincount(user[eligible], minlength=counts.size)
     starts = np.cumsum(counts) - counts
     sorted_user = user[perm]
     rank = np.arange(n) - starts[sorted_user]
     n_user = counts[sorted_user]
-    n_val, n_test = held_out_counts(n_user, method=method, val_fraction=val_fraction, test_fraction=test_fraction)
+    n_val, n_test = held_out_counts(
+        eligible_counts[sorted_user],
+        method=method,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        n_total=n_user,
+    )
     from_end = n_user - 1 - rank  # 0 = latest
     labels_sorted = np.where(from_end < n_test, TEST, np.where(from_end < n_test + n_val, VAL, TRAIN))
     labels = np.empty(n, dtype=np.int8)
@@ -802,10 +1017,17 @@ def split_interactions(
 
 
 def empty_split_reasons(
-    user: np.ndarray, labels: np.ndarray, *, method: str, val_fraction: float, test_fraction: float
+    user: np.ndarray,
+    labels: np.ndarray,
+    *,
+    method: str,
+    val_fraction: float,
+    test_fraction: float,
+    eligible: np.ndarray | None = None,
 ) -> list[str]:
     """One sentence for each of val and test that came out empty although asked for, saying why (a user
-    needs more interactions than any has); an empty list when both have rows or were not asked for."""
+    needs more interactions than any has); an empty list when both have rows or were not asked for. With
+    ``eligible`` (target_events), the interactions counted are the eligible ones."""
     reasons = []
     for code, name, fraction in ((VAL, "val", val_fraction), (TEST, "test", test_fraction)):
         if (labels == code).any():
@@ -817,23 +1039,57 @@ def empty_split_reasons(
             continue  # asked for none
         # 'given' carves validation at random from the given training part
         pool = labels != TEST if method == "given" else np.ones(user.size, dtype=bool)
+        if eligible is not None:
+            pool = pool & eligible
         rule = "random" if method == "given" else method
-        most = int(np.bincount(user[pool]).max())
+        most = int(np.bincount(user[pool]).max()) if pool.any() else 0
         # the smallest user size that holds one out: scan sizes (vectorised) up to a bound past which
         # rounding always gives one, i.e. where n * min(fraction, the share left for training) >= 2
         other = 0.0 if method == "given" else test_fraction
         bound = min(1 << 20, int(np.ceil(2 / min(fraction, 1 - val_fraction - other))) + 3)
         sizes = np.arange(1, bound + 1)
-        n_val, n_test = held_out_counts(sizes, method=rule, val_fraction=val_fraction, test_fraction=other)
+        n_total = None if eligible is None else sizes + 1  # eligible ones, and one more pair to train on
+        n_val, n_test = held_out_counts(
+            sizes, method=rule, val_fraction=val_fraction, test_fraction=other, n_total=n_total
+        )
         held = n_val if code == VAL else n_test
         need = f"at least {int(sizes[np.argmax(held > 0)])}" if held.any() else f"more than {bound}"
         part = " of the given training part" if method == "given" else ""
+        what = "pairs with a target event" if eligible is not None else "interactions"
         reasons.append(
             f"{name} is empty: with --split {method} and {name}_fraction {fraction:g}, a user needs {need} "
-            f"interactions{part} to give one to {name} (each user keeps at least one for training), "
+            f"{what}{part} to give one to {name} (each user keeps at least one for training), "
             f"and the most any user has is {most}"
         )
     return reasons
+
+
+def sample_users(data: Interactions, fraction: float, *, seed: int) -> Interactions:
+    """Keep a random ``fraction`` of the users (at least one), each with all their rows."""
+    if fraction >= 1:
+        return data
+    table = data.table
+    users = pc.unique(table["user"])
+    num_kept = max(1, int(np.floor(len(users) * fraction + 0.5)))
+    chosen = np.random.default_rng(seed).choice(len(users), size=num_kept, replace=False)
+    keep = pc.is_in(table["user"], value_set=users.take(pa.array(np.sort(chosen))))
+    kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    log.info(
+        "sample_fraction %g: kept %s of %s users, %s of %s interactions",
+        fraction,
+        f"{num_kept:,}",
+        f"{len(users):,}",
+        f"{kept.size:,}",
+        f"{table.num_rows:,}",
+    )
+    rows = data.rows[kept] if data.rows is not None else kept
+    return replace(data, table=table.filter(keep), rows=rows)
+
+
+def compact_ids(codes: np.ndarray, raw_ids: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Renumber dense indices so that ids without a row are absent, keeping the order of the others."""
+    used, codes = np.unique(codes, return_inverse=True)
+    return codes.astype(np.int64), raw_ids.take(pa.array(used))
 
 
 def build_csr(num_users: int, num_items: int, user: np.ndarray, item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -865,6 +1121,205 @@ def align_features(raw_ids: pa.Array, features: tuple[np.ndarray, np.ndarray], *
 
 
 # ---------------------------------------------------------------------------------------------------
+# Feature tables joined by raw id
+
+# a number as a person writes one in a text column: 3, -2.5, .5, 1e3 (inf and nan are not)
+_NUMBER = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*$"
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """Raw node features keyed by raw id: one row per id, columns as read."""
+
+    source: str  # the file, for logs and errors
+    ids: pa.Array  # [n] string, unique
+    columns: pa.Table  # [n rows] raw feature values; numeric columns finite, categorical ones any scalar
+    categorical: tuple[str, ...]  # the column names encoded as categories; the others are numeric
+
+
+def _is_numeric_type(type_: pa.DataType) -> bool:
+    return pa.types.is_integer(type_) or pa.types.is_floating(type_) or pa.types.is_decimal(type_)
+
+
+def _feature_kind(values: pa.ChunkedArray, where: ColumnSource, *, forced_categorical: bool) -> str:
+    """'numeric' or 'categorical' for one feature column, or a DataError naming the row of a value the
+    rule cannot place: a number in every row is numeric; text is categorical, unless more than half of
+    its values are numbers (a numeric column with a typo); an empty or NaN numeric value fails."""
+    type_ = values.type
+    if pa.types.is_dictionary(type_):
+        values, type_ = values.cast(type_.value_type), type_.value_type
+    is_text = pa.types.is_string(type_) or pa.types.is_large_string(type_)
+    if not (_is_numeric_type(type_) or is_text or pa.types.is_boolean(type_)):
+        raise where.bad_type(type_, "numbers or text")
+    if forced_categorical or pa.types.is_boolean(type_):
+        return "categorical"
+    if _is_numeric_type(type_):
+        _refuse_nulls(values, where, "a number (or list the column in categorical_columns)")
+        as_float = pc.cast(values, pa.float64(), safe=False)
+        bad = _first_true(pc.invert(pc.is_finite(as_float)))
+        if bad is not None:
+            raise where.bad_value(bad, "a finite number", _short(values[bad].as_py()))
+        return "numeric"
+    number = pc.match_substring_regex(values, _NUMBER)  # null where the value is empty
+    numbers = int(pc.sum(number).as_py() or 0)
+    present = len(values) - values.null_count
+    if 2 * numbers > present and numbers < present:
+        bad = _first_true(pc.invert(pc.fill_null(number, True)))
+        raise where.bad_value(
+            bad,
+            f"a number ({numbers:,} of the column's {present:,} values are; a categorical column "
+            "goes in categorical_columns)",
+            _short(values[bad].as_py()),
+        )
+    return "categorical"
+
+
+def read_feature_table(path: Path, *, id_col: str, kind: str, delimiter: str, categorical: list[str]) -> FeatureTable:
+    """A CSV (with a header row) or Parquet table of ``kind`` (user/item) features, one row per raw id in
+    ``id_col``; every other column is a feature (:func:`_feature_kind`). Errors name the file and the row
+    or the column: no id column, no rows, no feature column, repeated ids, values the rule cannot place."""
+    _require_file(path, f"a {kind} feature table (CSV or Parquet)")
+    if path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as err:
+            raise DataError(f"{path}: not a readable Parquet file ({_one_line(err)})") from None
+    else:
+        layout = CsvLayout(csv_delimiter(path, delimiter))
+        table = _read_csv_table(path, layout, [id_col], strings_can_be_null=True)
+    names = table.column_names
+    _require_columns(path, names, {f"{kind} id": id_col}, f" (the {kind} id column is named by {kind}_col)")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows, expected {kind} features")
+    ids = _id_column(table[id_col], ColumnSource(path, f"{kind} id", id_col)).combine_chunks()
+    encoded = pc.dictionary_encode(ids)
+    _, first = np.unique(encoded.indices.to_numpy(), return_index=True)
+    if first.size < len(ids):
+        dup = int(np.setdiff1d(np.arange(len(ids)), first)[0])
+        other = int(first[encoded.indices[dup].as_py()])
+        raise DataError(
+            f"{path}: row {dup + 1}: repeated {kind} id {_short(ids[dup].as_py())} (also in row {other + 1}); "
+            f"expected one row per {kind}"
+        )
+    feature_names = [n for n in names if n != id_col]
+    if not feature_names:
+        raise DataError(f"{path}: no feature columns besides the {kind} id column '{id_col}'")
+    for name in feature_names:
+        _require_columns(path, names, {"feature": name})  # a name repeated in the header
+        if name in ("index", "raw_id"):
+            raise DataError(f"{path}: feature column '{name}' has the name of a column of {kind}s.parquet; rename it")
+    kinds = {
+        name: _feature_kind(table[name], ColumnSource(path, "feature", name), forced_categorical=name in categorical)
+        for name in feature_names
+    }
+    return FeatureTable(
+        source=str(path),
+        ids=ids,
+        columns=table.select(feature_names),
+        categorical=tuple(n for n in feature_names if kinds[n] == "categorical"),
+    )
+
+
+def first_value_table(item: np.ndarray, item_ids: pa.Array, table: pa.Table, names: list[str], source: str):
+    """The item_feature_cols of the interaction rows as a categorical FeatureTable: each item's first value
+    in row order (``item [n]`` dense indices of ``table``'s rows, ``item_ids`` their raw ids)."""
+    _, first = np.unique(item, return_index=True)
+    columns = pa.table({n: table[ITEM_FEATURE_PREFIX + n].take(pa.array(first)) for n in names})
+    return FeatureTable(source, item_ids.take(pa.array(np.unique(item))), columns, tuple(names))
+
+
+def feature_matrix(
+    features: FeatureTable, node_ids: pa.Array, *, max_categories: int, kind: str
+) -> tuple[np.ndarray, list[str], pa.Table]:
+    """Encode a feature table for the nodes ``node_ids [N]`` (raw ids in dense-index order).
+
+    Returns ``values [N, F]`` float32, the F column names (``col``, ``col=value``, ``col=other``) and the
+    raw columns taken per node (null where a node has no row). Numeric columns are z-scored over the nodes
+    that have a row (constant -> 0); a categorical column gets one-hot columns for its ``max_categories``
+    most frequent values among those nodes (ties by value) and one ``other`` column when it has more; an
+    empty value is in no column. Nodes without a row get zeros; rows of ids that are not nodes are ignored.
+    """
+    lookup = pc.index_in(node_ids, value_set=features.ids)
+    found = pc.is_valid(lookup).to_numpy(zero_copy_only=False)
+    at = pc.fill_null(lookup, 0).to_numpy(zero_copy_only=False).astype(np.int64)[found]  # table rows of nodes
+    num_nodes, num_found = len(node_ids), int(found.sum())
+    if num_found < len(features.ids):
+        log.info(
+            "%s: %s of %s rows name %ss not in the graph; ignored",
+            features.source,
+            f"{len(features.ids) - num_found:,}",
+            f"{len(features.ids):,}",
+            kind,
+        )
+    if num_found < num_nodes:
+        log.info(
+            "%s: %s of %s %ss have no row; their features are zeros",
+            features.source,
+            f"{num_nodes - num_found:,}",
+            f"{num_nodes:,}",
+            kind,
+        )
+    blocks, names = [], []
+    for name in features.columns.column_names:
+        column = features.columns[name]
+        if name not in features.categorical:
+            x = pc.cast(column, pa.float64(), safe=False).to_numpy()[at]
+            std = x.std() if x.size else 0.0
+            block = np.zeros((num_nodes, 1), np.float32)
+            if std > 0:
+                block[found, 0] = (x - x.mean()) / std
+            blocks.append(block)
+            names.append(name)
+            continue
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        text = pc.cast(column, pa.string())
+        values = text.take(pa.array(at))
+        counts = pc.value_counts(values.drop_null())
+        vocab = counts.field("values").to_numpy(zero_copy_only=False).astype(str)
+        freq = counts.field("counts").to_numpy()
+        ranked = vocab[np.lexsort((vocab, -freq))]
+        top, rest = ranked[:max_categories], ranked.size > max_categories
+        block = np.zeros((num_nodes, top.size + int(rest)), np.float32)
+        position = pc.index_in(values, value_set=pa.array(top, pa.string()))
+        present = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        in_top = pc.is_valid(position).to_numpy(zero_copy_only=False)
+        column_of = np.where(in_top, pc.fill_null(position, 0).to_numpy(zero_copy_only=False), top.size)
+        hit = present & (in_top | rest)
+        block[np.flatnonzero(found)[hit], column_of[hit]] = 1.0
+        blocks.append(block)
+        names += [f"{name}={v}" for v in top] + ([f"{name}=other"] if rest else [])
+    raw = features.columns.take(lookup)
+    return np.concatenate(blocks, axis=1), names, raw
+
+
+def read_feature_tables(cfg: PrepareConfig) -> dict[str, list[FeatureTable]]:
+    """The user_features/item_features tables of ``cfg`` by kind; categorical_columns checked to name
+    columns that exist."""
+    categorical = option_names(cfg.categorical_columns, "categorical_columns")
+    tables: dict[str, list[FeatureTable]] = {"user": [], "item": []}
+    for kind, path, id_col in (("user", cfg.user_features, cfg.user_col), ("item", cfg.item_features, cfg.item_col)):
+        if path:
+            tables[kind].append(
+                read_feature_table(
+                    Path(path), id_col=id_col, kind=kind, delimiter=cfg.delimiter, categorical=categorical
+                )
+            )
+    read = [t for kind in tables.values() for t in kind]
+    if categorical and not read:
+        raise ConfigError("config key 'categorical_columns': needs user_features or item_features")
+    for name in categorical:
+        if not any(name in t.columns.column_names for t in read):
+            columns = [", ".join(_short(c, 30) for c in t.columns.column_names[:12]) for t in read]
+            found = columns[0] if len(read) == 1 else "; ".join(f"{t.source}: {c}" for t, c in zip(read, columns))
+            raise DataError(
+                f"{', '.join(t.source for t in read)}: no feature column '{name}' (named in categorical_columns; "
+                f"feature columns found: {found})"
+            )
+    return tables
+
+
+# ---------------------------------------------------------------------------------------------------
 # Writing
 
 
@@ -881,6 +1336,38 @@ def check_prepare_config(cfg: PrepareConfig) -> None:
         )
     if cfg.format in ("auto", "csv"):
         csv_delimiter(Path(cfg.input), cfg.delimiter)
+    option_names(cfg.csv_columns, "csv_columns")
+    option_names(cfg.item_feature_cols, "item_feature_cols")
+    if not 0 < cfg.sample_fraction <= 1:
+        raise ConfigError(
+            f"config key 'sample_fraction': expected a fraction of the users in (0, 1], got {cfg.sample_fraction}"
+        )
+    if cfg.val_input and not cfg.test_input:
+        raise ConfigError("config key 'val_input': needs test_input (the test part of a given split)")
+    if cfg.test_input and cfg.split != "given":
+        raise ConfigError(f"config key 'test_input': held-out files need --split given, not {cfg.split!r}")
+    for key in ("event_weights", "target_events"):
+        if getattr(cfg, key) and not cfg.event_col:
+            raise ConfigError(f"config key '{key}': needs event_col (the column holding the event types)")
+    parse_event_weights(cfg.event_weights)
+    targets = option_names(cfg.target_events, "target_events")
+    if targets and cfg.split == "given":
+        raise ConfigError(
+            "config key 'target_events': not with --split given (the given split decides what is held out)"
+        )
+    kept = {e.strip() for e in cfg.keep_events.split(",")} if cfg.keep_events else set()
+    if kept and set(targets) - kept:
+        missing = ", ".join(t for t in targets if t not in kept)
+        raise ConfigError(f"config key 'target_events': {missing} not among keep_events {cfg.keep_events!r}")
+
+
+def input_paths(cfg: PrepareConfig) -> list[Path]:
+    """Every file prepare reads (check_output_path protects them all)."""
+    if not cfg.input or cfg.format == "synthetic":
+        names = [cfg.user_features, cfg.item_features]
+    else:
+        names = [cfg.input, cfg.val_input, cfg.test_input, cfg.user_features, cfg.item_features]
+    return [Path(n) for n in names if n]
 
 
 def check_output_path(output: Path, inputs: list[Path]) -> None:
@@ -934,83 +1421,179 @@ def filter_min_rating(data: Interactions, min_rating: float) -> Interactions:
     return replace(data, table=table.filter(keep), rows=rows)
 
 
+def _take(at: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    return tuple(a[at] for a in arrays)
+
+
+def event_weight_of_rows(events: pa.ChunkedArray, weights: dict[str, float]) -> np.ndarray:
+    """[n] float64: each row's event weight (every event type has one: checked when reading)."""
+    at = pc.index_in(events, value_set=pa.array(list(weights), pa.string())).to_numpy(zero_copy_only=False)
+    return np.asarray(list(weights.values()), np.float64)[at.astype(np.int64)]
+
+
 def prepare(cfg: PrepareConfig) -> Path:
     """Run the whole stage; returns the graph directory. Nothing is left behind if it fails."""
     t0 = time.perf_counter()
     check_prepare_config(cfg)
-    check_output_path(Path(cfg.output), [Path(cfg.input)] if cfg.input and cfg.format != "synthetic" else [])
+    check_output_path(Path(cfg.output), input_paths(cfg))
+    feature_tables = read_feature_tables(cfg)
     data = read_interactions(cfg)
     log.info("read %s interactions from %s", f"{data.table.num_rows:,}", data.source)
     data = filter_min_rating(data, cfg.min_rating)
+    data = sample_users(data, cfg.sample_fraction, seed=cfg.seed)
     table = data.table
 
     user, user_ids = encode_ids(table["user"])
     item, item_ids = encode_ids(table["item"])
-    order = table["timestamp"].to_numpy() if "timestamp" in table.column_names else np.arange(table.num_rows)
-    keep = deduplicate(user, item, order, cfg.duplicates, source=data.source, rows=data.rows)
-    if keep.size < table.num_rows:
-        log.info(
-            "dropped %s repeated (user, item) rows (policy: keep %s)", f"{table.num_rows - keep.size:,}", cfg.duplicates
+    item_columns = option_names(cfg.item_feature_cols, "item_feature_cols")
+    if item_columns:
+        feature_tables["item"].append(
+            first_value_table(item, item_ids, table, item_columns, f"{data.source} (item_feature_cols)")
         )
-    table, user, item, order = table.take(keep), user[keep], item[keep], order[keep]
+    order = table["timestamp"].to_numpy() if "timestamp" in table.column_names else np.arange(table.num_rows)
     given = table["given_split"].to_numpy() if "given_split" in table.column_names else None
+    rows = data.rows
+    event_weights = parse_event_weights(cfg.event_weights)
+    weight = event_weight_of_rows(table["event"], event_weights) if event_weights else np.ones(table.num_rows)
+    targets = option_names(cfg.target_events, "target_events")
+    target = None
+    if targets:
+        target = pc.is_in(table["event"], value_set=pa.array(targets, pa.string())).to_numpy(zero_copy_only=False)
+        if not target.any():
+            found = ", ".join(_short(e, 20) for e in pc.unique(table["event"].drop_null()).to_pylist()[:10])
+            raise DataError(
+                f"{data.source}: target_events {cfg.target_events!r} matches no value of event column "
+                f"'{cfg.event_col}' (values found: {found})"
+            )
+
+    if given is not None and cfg.duplicates != "error":
+        keep = np.flatnonzero(held_out_pairs_win(user, item, given))
+        if keep.size < table.num_rows:
+            log.info(
+                "dropped %s rows of pairs that are also in a more held-out part (test, then val)",
+                f"{table.num_rows - keep.size:,}",
+            )
+            table, (user, item, order, given, weight) = table.take(keep), _take(keep, user, item, order, given, weight)
+            rows = rows[keep] if rows is not None else keep
+    sources = data.part_sources or data.source
+    parts = given if data.part_sources else None
+    keep = deduplicate(user, item, order, cfg.duplicates, source=sources, rows=rows, parts=parts)
+    if keep.size < table.num_rows:
+        log.info("merged %s repeated (user, item) rows (policy: %s)", f"{table.num_rows - keep.size:,}", cfg.duplicates)
+    if cfg.duplicates == "count":
+        weight = pair_totals(user, item, weight, keep)
+    else:
+        weight = weight[keep]
+    if target is not None:
+        target = pair_totals(user, item, target.astype(np.float64), keep) > 0
+    table, user, item, order = table.take(keep), user[keep], item[keep], order[keep]
+    given = given[keep] if given is not None else None
+
+    num_unseen = 0
+    if given is not None and data.part_sources:
+        seen = seen_in_training(user, item, given)
+        num_unseen = int((~seen).sum())
+        if num_unseen:
+            log.info(
+                "dropped %s held-out rows whose user or item has no row in the training part %s",
+                f"{num_unseen:,}",
+                data.part_sources[TRAIN],
+            )
+            keep = np.flatnonzero(seen)
+            table, (user, item, order, given, weight) = table.take(keep), _take(keep, user, item, order, given, weight)
+        user, user_ids = compact_ids(user, user_ids)
+        item, item_ids = compact_ids(item, item_ids)
+    val_fraction = 0.0 if cfg.val_input else cfg.val_fraction  # a validation file replaces the carving
     labels = split_interactions(
         user,
         order,
         method=cfg.split,
-        val_fraction=cfg.val_fraction,
+        val_fraction=val_fraction,
         test_fraction=cfg.test_fraction,
         seed=cfg.seed,
         given=given,
+        eligible=target,
     )
     for reason in empty_split_reasons(
-        user, labels, method=cfg.split, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction
+        user, labels, method=cfg.split, val_fraction=val_fraction, test_fraction=cfg.test_fraction, eligible=target
     ):
         log.warning("%s", reason)
     num_users, num_items = len(user_ids), len(item_ids)
+    weighted = cfg.duplicates == "count" or bool(event_weights)
 
     out = Path(cfg.output)
     with atomic_folder(out, kind="graph", overwrite=cfg.overwrite) as tmp:
         extra = [c for c in ("timestamp", "rating") if c in table.column_names]
         counts = {}
         for code, name in enumerate(SPLIT_NAMES):
-            rows = np.flatnonzero(labels == code)
-            part = {"user": pa.array(user[rows]), "item": pa.array(item[rows])}
-            part.update({c: table[c].take(pa.array(rows)) for c in extra})
+            at = np.flatnonzero(labels == code)
+            part = {"user": pa.array(user[at]), "item": pa.array(item[at])}
+            part.update({c: table[c].take(pa.array(at)) for c in extra})
+            if weighted:
+                part["weight"] = pa.array(weight[at].astype(np.float32))
             pq.write_table(pa.table(part), tmp / f"{name}.parquet")
-            counts[name] = int(rows.size)
-        pq.write_table(pa.table({"index": pa.array(np.arange(num_users)), "raw_id": user_ids}), tmp / "users.parquet")
-        pq.write_table(pa.table({"index": pa.array(np.arange(num_items)), "raw_id": item_ids}), tmp / "items.parquet")
+            counts[name] = int(at.size)
+        features, feature_columns = {}, {}
+        for kind, own, ids in (("user", data.user_features, user_ids), ("item", data.item_features, item_ids)):
+            nodes = {"index": pa.array(np.arange(len(ids))), "raw_id": ids}
+            tables = feature_tables[kind]
+            if tables:
+                if own is not None:
+                    log.info("%s_features replaces the %s features of %s", kind, kind, data.source)
+                blocks, names = [], []
+                for ft in tables:
+                    values, columns, raw = feature_matrix(ft, ids, max_categories=cfg.max_categories, kind=kind)
+                    for col in raw.column_names:
+                        if col in nodes:
+                            raise DataError(f"{ft.source}: feature column '{col}' is also given by another source")
+                        nodes[col] = raw[col]
+                    blocks.append(values)
+                    names += columns
+                values = np.concatenate(blocks, axis=1)
+                feature_columns[kind] = names
+            elif own is not None:
+                values = align_features(ids, own, what=f"{kind}s")
+            else:
+                values = None
+            if values is not None:
+                _write_npy(tmp / "features" / f"{kind}.npy", values)
+                features[kind] = int(values.shape[1])
+            pq.write_table(pa.table(nodes), tmp / f"{kind}s.parquet")
         train = labels == TRAIN
         indptr, indices = build_csr(num_users, num_items, user[train], item[train])
         _write_npy(tmp / "graph" / "indptr.npy", indptr)
         _write_npy(tmp / "graph" / "indices.npy", indices)
-        features = {}
-        for name, feats, ids in (("user", data.user_features, user_ids), ("item", data.item_features, item_ids)):
-            if feats is not None:
-                values = align_features(ids, feats, what=f"{name}s")
-                _write_npy(tmp / "features" / f"{name}.npy", values)
-                features[name] = int(values.shape[1])
-        write_meta(
-            tmp,
-            {
-                "format_version": FORMAT_VERSION,
-                "source": data.source,
-                "num_users": num_users,
-                "num_items": num_items,
-                "num_interactions": counts,
-                "split": {
-                    "method": cfg.split,
-                    "val_fraction": cfg.val_fraction,
-                    "test_fraction": cfg.test_fraction,
-                    "seed": cfg.seed,
-                },
-                "columns": ["user", "item", *extra],
-                "features": features,
-                "node_numbering": "users 0..num_users-1, items num_users..num_users+num_items-1",
-                "prepare_config": config_to_dict(cfg),
-            },
-        )
+        split = {
+            "method": cfg.split,
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+            "seed": cfg.seed,
+        }
+        if data.part_sources:
+            split["files"] = dict(zip(SPLIT_NAMES, data.part_sources))
+            split["num_dropped_unseen"] = num_unseen
+        if target is not None:
+            split["target_events"] = targets
+            split["num_eligible_pairs"] = int(target.sum())
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "source": data.source,
+            "num_users": num_users,
+            "num_items": num_items,
+            "num_interactions": counts,
+            "split": split,
+            "columns": ["user", "item", *extra, *(["weight"] if weighted else [])],
+            "features": features,
+        }
+        if feature_columns:
+            meta["feature_columns"] = feature_columns
+        if weighted:
+            meta["edge_weight"] = {"duplicates": cfg.duplicates, "event_weights": event_weights or None}
+        if cfg.sample_fraction < 1:
+            meta["sample"] = {"fraction": cfg.sample_fraction, "seed": cfg.seed}
+        meta["node_numbering"] = "users 0..num_users-1, items num_users..num_users+num_items-1"
+        meta["prepare_config"] = config_to_dict(cfg)
+        write_meta(tmp, meta)
     log.info(
         "wrote %s: %s users, %s items, train/val/test %s/%s/%s interactions in %.1f s",
         out,

@@ -319,3 +319,34 @@ def finalize_rating(sums: dict[str, Tensor]) -> dict[str, float]:
         "mae": float(sums["abs_err"]) / count,
         "count": count,
     }
+
+
+def sampled_ranking_sums(pos_score: Tensor, neg_score: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
+    """Sums of the sampled-negatives protocol (NCF, He et al. 2017): each held-out item is ranked
+    against ``M`` sampled items the user never interacted with.
+
+    The item's 0-based rank is the number of negatives scoring strictly higher (ties favour the
+    held-out item). ``sampled_hr@k`` = 1 if rank < k; ``sampled_ndcg@k`` = 1 / log2(rank + 2) if
+    rank < k (one relevant item, so IDCG = 1); ``num_cases`` counts the held-out items.
+
+    Args:
+        pos_score: ``[n]`` scores of the held-out items.
+        neg_score: ``[n, M]`` scores of each one's sampled negatives.
+    """
+    ks = _check_ks(ks)
+    rank = (neg_score > pos_score.unsqueeze(1)).sum(1).to(torch.float64)
+    sums = {}
+    for k in ks:
+        hit = rank < k
+        sums[f"sampled_hr@{k}"] = hit.to(torch.float64).sum()
+        sums[f"sampled_ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank)).sum()
+    sums["num_cases"] = torch.tensor(float(rank.numel()), dtype=torch.float64)
+    return sums
+
+
+def finalize_sampled(sums: dict[str, Tensor]) -> dict[str, float]:
+    """Means of (all-reduced) :func:`sampled_ranking_sums` over the held-out items (0.0 without any)."""
+    n = int(round(float(sums["num_cases"])))
+    out = {name: (float(v) / n if n else 0.0) for name, v in sums.items() if name != "num_cases"}
+    out["sampled_num_cases"] = n
+    return out

@@ -14,9 +14,25 @@ import torch
 from torch import Tensor
 
 from distgnn.core import dist
-from distgnn.data.graph import Graph
-from distgnn.eval.baselines import item_knn_scores, item_knn_weights
-from distgnn.eval.metrics import CSR, evaluate_popularity, evaluate_ranking, evaluate_scorer, finalize
+from distgnn.core.config import TrainJobConfig
+from distgnn.data.graph import Graph, ItemSets, csr_row_positions, item_sets_from_pairs
+from distgnn.eval.baselines import bias_baseline, item_knn_scores, item_knn_weights
+from distgnn.eval.metrics import (
+    CSR,
+    evaluate_popularity,
+    evaluate_ranking,
+    evaluate_scorer,
+    finalize,
+    finalize_rating,
+    finalize_sampled,
+    rating_sums,
+    sampled_ranking_sums,
+)
+from distgnn.nn.sampler import csr_contains
+
+# A pair scorer: users' vectors [B, d] against items' [C, d] (every pair, [B, C]) or [B, M, d]
+# (each user's own items, [B, M]); None = the inner product.
+PairScore = Callable[[Tensor, Tensor], Tensor] | None
 
 
 def eval_split(graph: Graph) -> str:
@@ -58,20 +74,149 @@ def truth(graph: Graph, split: str) -> CSR:
 
 @torch.no_grad()
 def evaluate(
-    embeddings: Tensor, graph: Graph, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
+    embeddings: Tensor,
+    graph: Graph,
+    split: str,
+    ks: tuple[int, ...],
+    *,
+    batch_size: int,
+    max_users: int = 0,
+    users: Tensor | None = None,
+    score: PairScore = None,
 ) -> dict[str, float]:
     """Full-ranking metrics on ``split`` ('val' or 'test') from ``[N, d]`` scoring vectors (inner
-    product ranks), summed over ranks."""
-    sums = evaluate_ranking(
-        embeddings[: graph.num_users],
-        embeddings[graph.num_users :],
-        rank_users(graph, split, max_users),
-        excluded(graph, split),
-        truth(graph, split),
-        list(ks),
-        batch_size=batch_size,
-    )
+    product ranks, or ``score``), summed over ranks. ``users``: this rank's users, default
+    :func:`rank_users`."""
+    users = rank_users(graph, split, max_users) if users is None else users
+    user_vec, item_vec = embeddings[: graph.num_users], embeddings[graph.num_users :]
+    if score is None:
+        sums = evaluate_ranking(
+            user_vec, item_vec, users, excluded(graph, split), truth(graph, split), list(ks), batch_size=batch_size
+        )
+    else:  # a pair model's scores cost [B, num_items, width]: fewer users at once
+        batch_size = max(1, min(batch_size, (1 << 25) // max(1, graph.num_items * embeddings.shape[1])))
+        sums = evaluate_scorer(
+            lambda chunk: score(user_vec[chunk], item_vec),
+            users,
+            excluded(graph, split),
+            truth(graph, split),
+            list(ks),
+            batch_size=batch_size,
+        )
     return finalize(dist.all_reduce_sum(sums))
+
+
+def evaluate_job(embeddings: Tensor, graph: Graph, split: str, job: TrainJobConfig, *, score: PairScore = None) -> dict:
+    """Every metric the job asks for on ``split``: full ranking; RMSE/MAE for the rating task; the
+    sampled-negatives protocol (``eval.sampled_negatives``); cold users apart (``eval.cold_users``).
+    The one entry point of training's validation and test and of export's recomputed test."""
+    e = job.eval
+    results = evaluate(embeddings, graph, split, e.ks, batch_size=e.batch_size, max_users=e.max_users, score=score)
+    if job.task == "rating":
+        results.update(evaluate_ratings(embeddings, graph, split))
+    if e.sampled_negatives:
+        results.update(evaluate_sampled(embeddings, graph, split, e.ks, num_negatives=e.sampled_negatives, score=score))
+    if e.cold_users:
+        users = rank_users(graph, split, e.max_users)
+        cold = users[graph.train.counts[users] <= e.cold_users]
+        cold_results = evaluate(embeddings, graph, split, e.ks, batch_size=e.batch_size, users=cold, score=score)
+        results.update({f"cold/{k}": v for k, v in cold_results.items()})
+    return results
+
+
+def rating_range(graph: Graph) -> tuple[float, float]:
+    """Lowest and highest training rating: predictions are clipped to it (the scale is known)."""
+    ratings = graph.train_values("rating")
+    return float(ratings.min()), float(ratings.max())
+
+
+@torch.no_grad()
+def evaluate_ratings(embeddings: Tensor, graph: Graph, split: str) -> dict[str, float]:
+    """RMSE and MAE of predicted ratings on ``split``'s rating column: the inner product of a
+    rating model's scoring vectors (:func:`distgnn.nn.models.scoring_vectors`), clipped to the
+    training ratings' range. Each rank predicts its share of the pairs; the sums are reduced."""
+    user, item, rating = graph.held_out(split, "rating")
+    share = slice(dist.rank(), None, dist.world_size())
+    user, item, rating = user[share], item[share], rating[share]
+    pred = (embeddings[user] * embeddings[graph.num_users + item]).sum(-1)
+    return finalize_rating(dist.all_reduce_sum(rating_sums(pred.clamp(*rating_range(graph)), rating)))
+
+
+def evaluate_rating_baselines(graph: Graph, split: str) -> dict[str, dict[str, float]]:
+    """The global mean rating and the regularised user + item bias model (:func:`bias_baseline`),
+    fitted on the training ratings, scored like :func:`evaluate_ratings` (every rank computes the
+    same numbers: no collective)."""
+    train_user, train_item = graph.train_edges
+    ratings = graph.train_values("rating")
+    mean, user_bias, item_bias = bias_baseline(train_user, train_item, ratings, graph.num_users, graph.num_items)
+    user, item, target = graph.held_out(split, "rating")
+    low, high = rating_range(graph)
+    predictions = {
+        "global_mean": torch.full_like(target, mean),
+        "user_item_bias": (mean + user_bias[user] + item_bias[item]).clamp(low, high),
+    }
+    return {name: finalize_rating(rating_sums(pred, target)) for name, pred in predictions.items()}
+
+
+def interacted(graph: Graph) -> ItemSets:
+    """Every item each user has interacted with, in any split (what sampled negatives avoid)."""
+    pairs = [graph.train_edges] + [
+        (torch.repeat_interleave(torch.arange(graph.num_users), s.counts), s.indices) for s in (graph.val, graph.test)
+    ]
+    user = torch.cat([u for u, _ in pairs]).numpy()
+    item = torch.cat([i for _, i in pairs]).numpy()
+    return item_sets_from_pairs(user, item, graph.num_users)
+
+
+def sampled_negatives(seen: ItemSets, users: Tensor, num_items: int, num: int, *, seed: int = 0) -> Tensor:
+    """``[n, num]`` item indices drawn uniformly (with replacement) among the items ``users [n]``
+    never interacted with. Vectorised rejection: redraw only the cells that hit a seen item; each
+    round keeps a user's fraction of unseen items, so few rounds suffice."""
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(num_items, (users.numel(), num), generator=generator)
+    rows = users.repeat_interleave(num)
+    bad = torch.arange(draws.numel())
+    while bad.numel():
+        flat = draws.view(-1)
+        hit = csr_contains(seen.indptr, seen.indices, rows[bad], flat[bad])
+        bad = bad[hit]
+        flat[bad] = torch.randint(num_items, (bad.numel(),), generator=generator)
+    return draws
+
+
+@torch.no_grad()
+def evaluate_sampled(
+    embeddings: Tensor,
+    graph: Graph,
+    split: str,
+    ks: tuple[int, ...],
+    *,
+    num_negatives: int,
+    score: PairScore = None,
+    batch_size: int = 4096,
+) -> dict[str, float]:
+    """The sampled-negatives protocol on ``split``: every held-out (user, item) pair of this rank's
+    users is ranked against ``num_negatives`` items the user never interacted with, drawn with a
+    fixed seed (the same candidates every epoch and for every model)."""
+    users = rank_users(graph, split)
+    sets = graph.split(split)
+    segment, position = csr_row_positions(sets.indptr, users)
+    case_user, case_item = users[segment], sets.indices[position]
+    seen = interacted(graph)
+    keep = seen.counts[case_user] < graph.num_items  # a user who has seen every item has no negatives
+    case_user, case_item = case_user[keep], case_item[keep]
+    negatives = sampled_negatives(seen, case_user, graph.num_items, num_negatives)
+    score = score or (lambda u, v: torch.einsum("bd,bmd->bm", u, v))
+    sums = None
+    for start in range(0, case_user.numel(), batch_size):
+        u = case_user[start : start + batch_size]
+        items = torch.cat([case_item[start : start + batch_size, None], negatives[start : start + batch_size]], 1)
+        scores = score(embeddings[u], embeddings[graph.num_users + items])
+        part = sampled_ranking_sums(scores[:, 0], scores[:, 1:], ks)
+        sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+    if sums is None:
+        sums = sampled_ranking_sums(torch.zeros(0), torch.zeros(0, 1), ks)
+    return finalize_sampled(dist.all_reduce_sum(sums))
 
 
 def evaluate_with(
@@ -93,6 +238,14 @@ def evaluate_with(
         batch_size=batch_size,
     )
     return finalize(dist.all_reduce_sum(sums))
+
+
+def popularity_vectors(graph: Graph) -> Tensor:
+    """``[N, 1]`` scoring vectors of the most-popular baseline: users 1, items their training degree
+    (float64, so that degrees above 2**24 do not tie), for :func:`evaluate_job`'s every protocol."""
+    vectors = graph.degree.to(torch.float64).reshape(-1, 1).clone()
+    vectors[: graph.num_users] = 1.0
+    return vectors
 
 
 def evaluate_popularity_baseline(

@@ -34,38 +34,46 @@ class ShuffledIndices(torch.utils.data.Sampler):
             yield from block.tolist()
 
 
-class UserUniformIndices(ShuffledIndices):
-    """``n`` draws of edge indices, each edge with probability ``1 / (num users * its user's edge
-    count)``: a uniform user, then a uniform one of their edges (LightGCN's own sampling)."""
+class WeightedIndices(ShuffledIndices):
+    """``n`` draws of edge indices with replacement, each edge in proportion to its weight
+    (:func:`edge_draw_weights`: user-uniform draws, the prepared edge weights, or both)."""
 
-    def __init__(self, users: Tensor, chunk: int = 1 << 16):
-        super().__init__(users.numel(), chunk)
-        self.weights = edge_draw_weights(users, "user_uniform")
+    def __init__(self, weights: Tensor, chunk: int = 1 << 16):
+        super().__init__(weights.numel(), chunk)
+        self.weights = weights
 
     def draw(self) -> Tensor:
         return torch.multinomial(self.weights, self.n, replacement=True)
 
 
-def edge_draw_weights(users: Tensor, edge_sampling: str) -> Tensor:
+def edge_draw_weights(users: Tensor, edge_sampling: str, edge_weight: Tensor | None = None) -> Tensor:
     """``[E]`` float64 weight of each training edge (its user node given) in an epoch's draws, up to
-    a constant: 1 under shuffle, 1 / its user's edge count under user_uniform."""
+    a constant: 1 under shuffle, 1 / its user's edge count under user_uniform (a uniform user, then
+    a uniform one of their edges: LightGCN's own sampling); times ``edge_weight [E]`` if given."""
     if edge_sampling == "user_uniform":
-        return 1.0 / torch.bincount(users)[users].to(torch.float64)
-    return torch.ones(users.numel(), dtype=torch.float64)
+        weights = 1.0 / torch.bincount(users)[users].to(torch.float64)
+    else:
+        weights = torch.ones(users.numel(), dtype=torch.float64)
+    return weights if edge_weight is None else weights * edge_weight.to(torch.float64)
 
 
-def positive_draw_weights(edge_label_index: Tensor, num_users: int, num_items: int, edge_sampling: str) -> Tensor:
+def positive_draw_weights(
+    edge_label_index: Tensor, num_users: int, num_items: int, edge_sampling: str, edge_weight: Tensor | None = None
+) -> Tensor:
     """``[num_items]`` how often the epoch's draws bring each item in as a positive, up to a
-    constant: its edge count under shuffle, the sum of its users' 1 / edge count under user_uniform.
-    The in-batch half of the log-Q correction must follow the sampling actually used."""
+    constant: the sum of its edges' draw weights (:func:`edge_draw_weights`). The in-batch half of
+    the log-Q correction must follow the sampling actually used."""
     users, items = edge_label_index
-    return torch.bincount(items - num_users, weights=edge_draw_weights(users, edge_sampling), minlength=num_items)
+    weights = edge_draw_weights(users, edge_sampling, edge_weight)
+    return torch.bincount(items - num_users, weights=weights, minlength=num_items)
 
 
-def edge_order(edge_label_index: Tensor, edge_sampling: str) -> torch.utils.data.Sampler:
-    """The epoch's order of edge indices: each edge once (shuffle) or user-uniform draws."""
-    if edge_sampling == "user_uniform":
-        return UserUniformIndices(edge_label_index[0])
+def edge_order(
+    edge_label_index: Tensor, edge_sampling: str, edge_weight: Tensor | None = None
+) -> torch.utils.data.Sampler:
+    """The epoch's order of edge indices: each edge once (shuffle), or weighted draws."""
+    if edge_sampling == "user_uniform" or edge_weight is not None:
+        return WeightedIndices(edge_draw_weights(edge_label_index[0], edge_sampling, edge_weight))
     return ShuffledIndices(edge_label_index.shape[1])
 
 
@@ -77,12 +85,16 @@ def link_loader(
     batch_size: int,
     num_negatives: int,
     edge_sampling: str = "shuffle",
+    edge_weight: Tensor | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> LinkLoader:
     """PyG's LinkLoader over ``edge_label_index [2, E]`` (user node, item node) with ``num_negatives``
-    triplet negatives per positive, driven by ``sampler``; every batch is full (``drop_last``).
-    ``num_workers > 0`` samples in that many background processes, two batches ahead each."""
+    triplet negatives per positive (0: none, the batch's ``edge_label_index`` holds its pairs),
+    driven by ``sampler``; every batch is full (``drop_last``). Each batch's ``input_id`` indexes
+    its edges in ``edge_label_index`` (to look up their ratings). ``edge_weight [E]`` draws edges in
+    proportion to it. ``num_workers > 0`` samples in that many background processes, two batches
+    ahead each."""
     prefetch = {"num_workers": num_workers, "persistent_workers": True, "prefetch_factor": 2} if num_workers else {}
     # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
     # sampled one.
@@ -91,9 +103,9 @@ def link_loader(
         data,
         link_sampler=sampler,
         edge_label_index=edge_label_index,
-        neg_sampling=NegativeSampling("triplet", amount=num_negatives),
+        neg_sampling=NegativeSampling("triplet", amount=num_negatives) if num_negatives else None,
         batch_size=batch_size,
-        sampler=edge_order(edge_label_index, edge_sampling),
+        sampler=edge_order(edge_label_index, edge_sampling, edge_weight),
         drop_last=True,
         pin_memory=pin_memory,
         **prefetch,

@@ -1,4 +1,4 @@
-"""Training losses for implicit-feedback ranking. Pure functions of embeddings; no optimiser here."""
+"""Training losses for ranking and rating. Pure functions of scores and embeddings; no optimiser here."""
 
 from __future__ import annotations
 
@@ -14,6 +14,21 @@ def bpr_loss(user: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         user, pos, neg: ``[B, d]`` embeddings of users, their positive items and one negative each.
     """
     return F.softplus(-((user * pos).sum(-1) - (user * neg).sum(-1))).mean()
+
+
+def pointwise_bce_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
+    """The NCF paper's log loss: each positive labelled 1, each of its sampled negatives 0,
+    ``mean over positives of [-log sigmoid(s_pos) - sum_j log(1 - sigmoid(s_neg_j))]``.
+
+    Args:
+        pos_score: ``[B]`` scores of the positives; neg_score: ``[B, M]`` of their negatives.
+    """
+    return (F.softplus(-pos_score) + F.softplus(neg_score).sum(-1)).mean()
+
+
+def squared_error_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Rating regression: ``mean((pred - target)^2)`` over ``[B]`` aligned predictions and ratings."""
+    return (pred - target).pow(2).mean()
 
 
 def l2_penalty(*ego: Tensor) -> Tensor:

@@ -96,10 +96,12 @@ class Recommender(nn.Module):
     """
 
     mean_of_layers = False  # output = last layer; LightGCN overrides: the mean of layers 0..L
+    pair_model = False  # scores are inner products of outputs; NCF overrides: an MLP scores a pair
 
-    def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False):
+    def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False, rating: bool = False):
         super().__init__()
         self.num_layers = num_layers
+        item_bias = item_bias or rating
         # sparse=True: gradients touch only the rows of a batch (and are exchanged as rows).
         self.embedding = nn.Embedding(num_nodes, dim, sparse=True)
         nn.init.normal_(self.embedding.weight, std=0.1)
@@ -108,6 +110,8 @@ class Recommender(nn.Module):
             # named *embedding and sparse, like the id table: SparseAdam updates only a batch's rows
             self.bias_embedding = nn.Embedding(num_nodes, 1, sparse=True)
             nn.init.zeros_(self.bias_embedding.weight)
+        # rating task: users' bias rows are used too, plus one global offset (set to the mean rating)
+        self.global_bias = nn.Parameter(torch.zeros(())) if rating else None
 
     def ego(self, n_id: Tensor) -> Tensor:
         """Layer-0 id embeddings ``[n, dim]`` (what the L2 penalty regularises)."""
@@ -120,6 +124,18 @@ class Recommender(nn.Module):
     def item_bias(self, nodes: Tensor) -> Tensor | None:
         """``[n]`` learned logit offsets of item nodes, or None without an item bias."""
         return None if self.bias_embedding is None else self.bias_embedding(nodes).squeeze(-1)
+
+    def score(self, user_out: Tensor, item_out: Tensor) -> Tensor:
+        """Ranking scores from outputs: ``user_out [B, D]`` against ``item_out [C, D]`` (every pair,
+        ``[B, C]``) or ``[B, M, D]`` (each user's own items, ``[B, M]``). The inner product here."""
+        if item_out.dim() == 2:
+            return user_out @ item_out.T
+        return torch.einsum("bd,bmd->bm", user_out, item_out)
+
+    def predict_rating(self, user_out: Tensor, item_out: Tensor, user_nodes: Tensor, item_nodes: Tensor) -> Tensor:
+        """``[B]`` predicted ratings ``<u, i> + b_u + b_i + mean`` of aligned pairs (rating task)."""
+        bias = self.bias_embedding(torch.stack([user_nodes, item_nodes])).squeeze(-1).sum(0)
+        return (user_out * item_out).sum(-1) + bias + self.global_bias
 
     def layer(self, index: int, x: Tensor, adj_t: Tensor, x_dst: Tensor | None = None) -> Tensor:
         """Layer ``index`` for the destination rows of ``adj_t [R, n]`` from ``x [n, dim]``;
@@ -170,8 +186,8 @@ class LightGCN(Recommender):
 
     mean_of_layers = True
 
-    def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False):
-        super().__init__(num_nodes, dim, num_layers, item_bias=item_bias)
+    def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False, rating: bool = False):
+        super().__init__(num_nodes, dim, num_layers, item_bias=item_bias, rating=rating)
         self.conv = LGConv(normalize=False)
 
     def layer(self, index: int, x: Tensor, adj_t: Tensor, x_dst: Tensor | None = None) -> Tensor:
@@ -181,8 +197,42 @@ class LightGCN(Recommender):
 class MF(Recommender):
     """Matrix factorisation: the zero-layer baseline, ``score(u, i) = <e_u, e_i>``."""
 
-    def __init__(self, num_nodes: int, dim: int, *, item_bias: bool = False):
-        super().__init__(num_nodes, dim, 0, item_bias=item_bias)
+    def __init__(self, num_nodes: int, dim: int, *, item_bias: bool = False, rating: bool = False):
+        super().__init__(num_nodes, dim, 0, item_bias=item_bias, rating=rating)
+
+
+class NeuMF(Recommender):
+    r"""Neural collaborative filtering (He et al., WWW 2017), NeuMF: a GMF tower
+    ``p_u \odot q_i`` and an MLP tower over ``[p'_u ; q'_i]``, joined by one output layer:
+    ``score = h^T [p_u \odot q_i ; MLP([p'_u ; q'_i])]``. Each node's embedding row holds its GMF
+    half and its MLP half (``2 * dim`` columns). No message passing; a pair is scored by the MLP,
+    so no inner product of two vectors ranks as it does (see :attr:`pair_model`).
+
+    Args:
+        mlp_layers: widths of the MLP tower's layers (ReLU after each).
+    """
+
+    pair_model = True
+
+    def __init__(self, num_nodes: int, dim: int, mlp_layers: tuple[int, ...] = (64, 32, 16)):
+        super().__init__(num_nodes, 2 * dim, 0)
+        self.dim = dim
+        widths = [2 * dim, *mlp_layers]
+        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.output = nn.Linear(dim + widths[-1], 1)
+
+    def score(self, user_out: Tensor, item_out: Tensor) -> Tensor:
+        u = user_out.unsqueeze(1)  # [B, 1, 2d]
+        v = item_out.unsqueeze(0) if item_out.dim() == 2 else item_out  # [1 or B, C, 2d]
+        d = self.dim
+        gmf = u[..., :d] * v[..., :d]
+        # the first layer on the concatenation [p'_u ; q'_i] as two halves added: the [B, C, 2d]
+        # concatenation is never built (evaluation scores every user against every item)
+        first = self.mlp[0]
+        h = torch.relu(u[..., d:] @ first.weight[:, :d].T + v[..., d:] @ first.weight[:, d:].T + first.bias)
+        for linear in self.mlp[1:]:
+            h = torch.relu(linear(h))
+        return self.output(torch.cat([gmf.expand(*h.shape[:-1], d), h], dim=-1)).squeeze(-1)
 
 
 class BipartiteSAGE(Recommender):
@@ -194,9 +244,16 @@ class BipartiteSAGE(Recommender):
     """
 
     def __init__(
-        self, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None, *, item_bias: bool = False
+        self,
+        num_nodes: int,
+        dim: int,
+        num_layers: int,
+        features: Tensor | None = None,
+        *,
+        item_bias: bool = False,
+        rating: bool = False,
     ):
-        super().__init__(num_nodes, dim, num_layers, item_bias=item_bias)
+        super().__init__(num_nodes, dim, num_layers, item_bias=item_bias, rating=rating)
         self.register_buffer("features", features, persistent=False)
         self.feature_proj = nn.Linear(features.shape[1], dim) if features is not None else None
         self.convs = nn.ModuleList(SAGEConv(dim, dim, aggr="mean") for _ in range(num_layers))
@@ -218,26 +275,38 @@ class BipartiteSAGE(Recommender):
         return h if index == self.num_layers - 1 else torch.relu(h)
 
 
-MODELS = ("lightgcn", "sage", "mf")
+MODELS = ("lightgcn", "sage", "mf", "ncf")
 
 
 def build_model(
-    name: str, *, num_nodes: int, dim: int, num_layers: int, features: Tensor | None = None, item_bias: bool = False
+    name: str,
+    *,
+    num_nodes: int,
+    dim: int,
+    num_layers: int,
+    features: Tensor | None = None,
+    item_bias: bool = False,
+    rating: bool = False,
+    mlp_layers: tuple[int, ...] = (64, 32, 16),
 ) -> Recommender:
-    """The one factory: ``name`` in :data:`MODELS`; ``features`` are used by ``sage`` only."""
+    """The one factory: ``name`` in :data:`MODELS`; ``features`` are used by ``sage`` only,
+    ``mlp_layers`` by ``ncf`` only; ``rating`` adds user/item biases and a global offset."""
     if name == "lightgcn":
-        return LightGCN(num_nodes, dim, num_layers, item_bias=item_bias)
+        return LightGCN(num_nodes, dim, num_layers, item_bias=item_bias, rating=rating)
     if name == "mf":
-        return MF(num_nodes, dim, item_bias=item_bias)
+        return MF(num_nodes, dim, item_bias=item_bias, rating=rating)
     if name == "sage":
-        return BipartiteSAGE(num_nodes, dim, num_layers, features, item_bias=item_bias)
+        return BipartiteSAGE(num_nodes, dim, num_layers, features, item_bias=item_bias, rating=rating)
+    if name == "ncf":
+        return NeuMF(num_nodes, dim, mlp_layers)
     raise ValueError(f"unknown model {name!r} (one of {', '.join(MODELS)})")
 
 
-def model_from_config(cfg: ModelConfig, graph: Graph) -> Recommender:
-    """The model a :class:`~distgnn.core.config.ModelConfig` describes, sized for ``graph``."""
+def model_from_config(cfg: ModelConfig, graph: Graph, *, task: str = "ranking") -> Recommender:
+    """The model a :class:`~distgnn.core.config.ModelConfig` describes, sized for ``graph``, for
+    the job's task (``TrainJobConfig.task``: the rating task adds biases, see :meth:`predict_rating`)."""
     features = graph.node_features() if cfg.name == "sage" and cfg.use_features else None
-    num_layers = 0 if cfg.name == "mf" else cfg.num_layers
+    num_layers = 0 if cfg.name in ("mf", "ncf") else cfg.num_layers
     return build_model(
         cfg.name,
         num_nodes=graph.num_nodes,
@@ -245,6 +314,8 @@ def model_from_config(cfg: ModelConfig, graph: Graph) -> Recommender:
         num_layers=num_layers,
         features=features,
         item_bias=cfg.item_bias,
+        rating=task == "rating",
+        mlp_layers=cfg.mlp_layers,
     )
 
 
@@ -281,9 +352,17 @@ def full_graph_embeddings(
 def scoring_vectors(emb: Tensor, model: Recommender, *, cosine: bool, temperature: float, num_users: int) -> Tensor:
     """``[N, d]`` model outputs -> vectors whose plain inner product ranks as the model scores:
     normalised for cosine scoring, plus a column ``[1 | temperature * item bias]`` for a learned
-    item bias (``cos + t * b`` ranks as the logit ``cos / t + b``)."""
+    item bias (``cos + t * b`` ranks as the logit ``cos / t + b``). A rating model gets two columns,
+    users ``[b_u + mean | 1]`` and items ``[1 | b_i]``: the inner product is then the predicted rating
+    (:meth:`Recommender.predict_rating`), and ranking by it ranks by predicted rating."""
     if cosine:
         emb = torch.nn.functional.normalize(emb, dim=-1)
+    if model.global_bias is not None:
+        bias = model.bias_embedding.weight.detach().cpu().to(emb.dtype)
+        first, second = bias.clone(), torch.ones_like(bias)
+        first[:num_users] += float(model.global_bias.detach())
+        first[num_users:], second[num_users:] = 1.0, bias[num_users:]
+        return torch.cat([emb, first, second], dim=1)
     if model.bias_embedding is None:
         return emb
     column = model.bias_embedding.weight.detach().cpu().to(emb.dtype) * temperature

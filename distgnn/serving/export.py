@@ -38,7 +38,7 @@ from distgnn.core.files import atomic_folder, check_replaceable, checksums, insi
 from distgnn.core.rundir import CONFIG_FILE, RESULTS_FILE
 from distgnn.core.version import VERSION
 from distgnn.data.graph import Graph, load_graph, verify_graph_dir
-from distgnn.eval.protocol import evaluate
+from distgnn.eval.protocol import evaluate_job
 from distgnn.nn.models import exact_vectors, model_from_config, scoring_vectors
 from distgnn.serving.index import build_index, save_index
 from distgnn.serving.inference import distributed_embeddings
@@ -65,7 +65,7 @@ def load_run(run_dir: str | Path) -> tuple[TrainJobConfig, torch.nn.Module, Grap
         raise DataError(f"{run_dir / CONFIG_FILE}: names no graph directory (key 'graph')")
     verify_graph_dir(job.graph)  # checksums: a damaged graph must not export degraded embeddings
     graph = load_graph(job.graph)
-    model = model_from_config(job.model, graph)
+    model = model_from_config(job.model, graph, task=job.task)
     state = load_model_state(run_dir / BEST_MODEL)
     try:
         model.load_state_dict(state["model"])
@@ -207,6 +207,12 @@ def export(
     check_replaceable(Path(output), "export", overwrite=overwrite)  # before the expensive part
     t0 = time.perf_counter()
     job, model, graph, info = load_run(run_dir)
+    if model.pair_model:
+        raise ConfigError(
+            f"--run: {run_dir} trained model.name {job.model.name}, which scores a (user, item) pair with an MLP: "
+            "no inner product of a user vector and an item vector ranks as it does, so no ANN index can serve it. "
+            "Serve it by exact scoring of the catalogue: python -m distgnn.recommend --run RUN (see its --help)"
+        )
     emb, inference = exact_embeddings(model, job, graph, workers=workers, chunk_size=chunk_size)
     log.info(
         "computed exact embeddings of %s nodes in %.1f s (%s)",
@@ -216,7 +222,7 @@ def export(
     )
 
     # Same protocol and code as training's final test, so the two must agree.
-    test = evaluate(emb, graph, "test", job.eval.ks, batch_size=job.eval.batch_size, max_users=job.eval.max_users)
+    test = evaluate_job(emb, graph, "test", job)
     results_file = Path(run_dir) / RESULTS_FILE
     trained = json.loads(results_file.read_text())["test"] if results_file.exists() else {}
     for key, value in trained.items():

@@ -78,7 +78,7 @@ class LayerWorker:
         # model is built on the meta device and only the layer weights are loaded: no [N, d] table
         # (or SAGE's [N, F] features) is allocated in any actor.
         with torch.device("meta"):
-            self.model = model_from_config(job.model, graph)
+            self.model = model_from_config(job.model, graph, task=job.task)
         missing, unexpected = self.model.load_state_dict(state, strict=False, assign=True)
         assert missing == [NODE_TABLE] and not unexpected, (missing, unexpected)
         self.model.eval()

@@ -14,6 +14,10 @@ def check_job(job: TrainJobConfig) -> None:
     a fanout list that does not fit the layers, a run name that is not a plain name, or options that
     do not go together (each refusal says why)."""
     names = [f"{m}@{k}" for k in job.eval.ks for m in RANKING_METRICS]
+    if job.eval.sampled_negatives:
+        names += [f"sampled_{m}@{k}" for k in job.eval.ks for m in ("hr", "ndcg")]
+    if job.task == "rating":
+        names += ["rmse", "mae"]
     if job.eval.metric not in names:
         raise ConfigError(
             f"config key 'eval.metric': {job.eval.metric!r} is not computed with "
@@ -27,6 +31,13 @@ def check_job(job: TrainJobConfig) -> None:
         )
     if job.run.name:
         check_plain_name(job.run.name, "config key 'run.name'")
+    if job.model.name == "ncf" and job.optim.loss != "bce":
+        raise ConfigError(
+            f"config key 'optim.loss': model.name ncf scores pairs with its MLP; it trains with bce "
+            f"(as in the NCF paper), not {job.optim.loss!r}"
+        )
+    if job.task == "rating" and job.optim.contrastive_weight > 0:
+        raise ConfigError("config key 'optim.contrastive_weight': the SimGCL term is for ranking, not optim.loss mse")
     if job.optim.contrastive_weight > 0 and job.model.name != "lightgcn":
         raise ConfigError("config key 'optim.contrastive_weight': the SimGCL term needs model.name lightgcn")
     if job.model.item_bias and job.optim.loss != "softmax":
@@ -40,6 +51,18 @@ def check_job(job: TrainJobConfig) -> None:
             "with the model of the epoch's start, which loader processes would not see; use 0"
         )
     if job.cluster.partitioned:
+        unsupported = {
+            "optim.loss": job.optim.loss in ("bce", "mse"),
+            "optim.edge_weight": job.optim.edge_weight,
+            "eval.sampled_negatives": job.eval.sampled_negatives > 0,
+            "eval.cold_users": job.eval.cold_users > 0,
+        }
+        for key, used in unsupported.items():
+            if used:  # the partitioned strategy has its own loss and evaluation code, for the ranking losses
+                raise ConfigError(
+                    f"config key '{key}': not supported with cluster.partitioned (which trains bpr/softmax "
+                    "ranking and evaluates full ranking); train it replicated"
+                )
         if job.model.name not in ("lightgcn", "mf"):  # SAGE's dense weights would need DDP next to the shards
             raise ConfigError(
                 f"config key 'cluster.partitioned': supported for model.name lightgcn and mf, not {job.model.name!r}"

@@ -102,7 +102,7 @@ def fit(
             record["eval"], record["eval_split"] = strategy.evaluate(split), split
             record["eval_s"] = round(dist.all_reduce_max(time.perf_counter() - t1), 3)
             # Without a validation split the last epoch is kept: choosing by test would be cheating.
-            if best is None or split == "test" or record["eval"][e.metric] > best["value"]:
+            if best is None or split == "test" or improves(e.metric, record["eval"][e.metric], best["value"]):
                 best = {"epoch": epoch, "value": record["eval"][e.metric]}
                 strategy.save_best(run_dir, {"epoch": epoch, e.metric: best["value"], "config": config_to_dict(job)})
         history.append(record)
@@ -119,11 +119,14 @@ def fit(
     training_peak_mb = dist.all_reduce_max(peak_rss_mb())  # before the final evaluation's buffers
     info = strategy.load_best(run_dir)
     strategy.model.eval()
+    baselines = strategy.baselines("test")
     results = {
         "model": job.model.name,
+        "task": job.task,
         "best_epoch": info["epoch"],
         "test": strategy.evaluate("test"),
-        "popularity_test": strategy.popularity("test"),
+        "baselines_test": baselines,
+        **({"popularity_test": baselines["popularity"]} if "popularity" in baselines else {}),
         "epochs_run": len(history),
         "train_s": sum(h["train_s"] for h in history),
         "num_workers": dist.world_size(),
@@ -185,6 +188,14 @@ def train_steps(
         clock.lap("optimizer", [opt.step() for opt in strategy.optimizers])
         loss_sum += loss.detach().cpu()
     return loss_sum, clock
+
+
+LOWER_IS_BETTER = ("rmse", "mae")
+
+
+def improves(metric: str, value: float, best: float) -> bool:
+    """Whether a validation value beats the best so far: errors (rmse, mae) go down, the rest up."""
+    return value < best if metric in LOWER_IS_BETTER else value > best
 
 
 def scheduled_lr(o: OptimConfig, progress: float) -> float:

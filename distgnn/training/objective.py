@@ -12,7 +12,14 @@ from torch_geometric.data import Data
 from distgnn.core import dist
 from distgnn.core.config import OptimConfig
 from distgnn.data.graph import csr_row_positions
-from distgnn.nn.losses import bpr_loss, info_nce, l2_penalty, sampled_softmax_loss
+from distgnn.nn.losses import (
+    bpr_loss,
+    info_nce,
+    l2_penalty,
+    pointwise_bce_loss,
+    sampled_softmax_loss,
+    squared_error_loss,
+)
 from distgnn.nn.models import Recommender
 
 
@@ -50,8 +57,10 @@ def link_loss(
     num_users: int,
     user_rows: Tensor | None = None,
     item_bias: Callable[[Tensor], Tensor] | None = None,
+    score: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """BPR or sampled-softmax loss of a batch from the subgraph's output embeddings ``out [n, d]``.
+    """BPR, pointwise BCE or sampled-softmax loss of a batch from the subgraph's output embeddings
+    ``out [n, d]``.
 
     Args:
         ego: layer-0 embeddings of local node ids (the L2 penalty's input).
@@ -59,6 +68,8 @@ def link_loss(
             masked out of the softmax (:func:`positive_cells`).
         user_rows: the CSR rows of the batch's users for ``positives``; default their global ids.
         item_bias: global item node ids ``[C]`` -> their learned logit offsets ``[C]`` (softmax only).
+        score: the model's pair scores (:meth:`Recommender.score`) for bce: ``[B, d]`` users
+            against ``[B, M, d]`` items -> ``[B, M]``.
     """
     n_id, device = batch.n_id, out.device
     user_local, pos_local = batch.src_index, batch.dst_pos_index
@@ -67,6 +78,11 @@ def link_loss(
         neg_local = neg_index[:, 0]
         loss = bpr_loss(*(out[i.to(device)] for i in (user_local, pos_local, neg_local)))
         return loss + o.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local, neg_local])).chunk(3))
+    if o.loss == "bce":
+        user, pos, neg = (out[i.to(device)] for i in (user_local, pos_local, neg_index))
+        pos_score, neg_score = score(user, pos.unsqueeze(1)).squeeze(1), score(user, neg)
+        penalty = l2_penalty(ego(user_local), ego(pos_local), ego(neg_index.flatten()))
+        return pointwise_bce_loss(pos_score, neg_score) + o.l2 * penalty
     cand_local, inverse = torch.unique(torch.cat([pos_local, neg_index.flatten()]), return_inverse=True)
     target = inverse[: pos_local.numel()]
     cand_nodes, cand_emb = n_id[cand_local], out[cand_local.to(device)]
@@ -84,6 +100,25 @@ def link_loss(
         item_bias=None if item_bias is None else item_bias(cand_nodes),
     )
     return loss + o.l2 * l2_penalty(*ego(torch.cat([user_local, pos_local])).chunk(2))
+
+
+def rating_loss(model: Recommender, out: Tensor, batch: Data, ratings: Tensor, o: OptimConfig) -> Tensor:
+    """Squared error of the batch's predicted ratings (:meth:`Recommender.predict_rating`) plus
+    the L2 penalty on the pairs' layer-0 embeddings and biases.
+
+    Args:
+        out: ``[n, d]`` subgraph outputs (the seeds' rows first).
+        batch: a loader batch without negatives: ``edge_label_index [2, B]`` local (user, item).
+        ratings: ``[E]`` ratings of the worker's training edges, indexed by ``batch.input_id``.
+    """
+    device = out.device
+    user_local, item_local = batch.edge_label_index.to(device)
+    user_nodes, item_nodes = batch.n_id.to(device)[user_local], batch.n_id.to(device)[item_local]
+    pred = model.predict_rating(out[user_local], out[item_local], user_nodes, item_nodes)
+    target = ratings[batch.input_id].to(device)
+    penalty = l2_penalty(model.ego(user_nodes), model.ego(item_nodes), model.bias_embedding(user_nodes))
+    penalty = penalty + l2_penalty(model.bias_embedding(item_nodes))
+    return squared_error_loss(pred, target) + o.l2 * penalty
 
 
 def share_candidates(nodes: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:

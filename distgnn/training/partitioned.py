@@ -496,9 +496,10 @@ class Partitioned:
             self.vectors(), self.view, split, e.ks, batch_size=e.batch_size, max_users=e.max_users
         )
 
-    def popularity(self, split: str) -> dict[str, float]:
+    def baselines(self, split: str) -> dict[str, dict[str, float]]:
         e = self.job.eval
-        return popularity_partitioned(self.view, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
+        popularity = popularity_partitioned(self.view, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
+        return {"popularity": popularity}
 
     def save_best(self, run_dir: Path, info: dict) -> None:
         save_shard(run_dir / SHARDS_DIR, self.model, self.view, info)

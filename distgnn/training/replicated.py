@@ -3,7 +3,7 @@ model; it trains on its own shard of the training edges; after ``backward`` the 
 averaged over workers (the touched embedding rows and the dense weights, :mod:`.gradients`).
 
 What :func:`distgnn.training.loop.fit` asks of a strategy: ``model``, ``optimizers``,
-``make_loader``, ``loss``, ``sync_gradients``, ``evaluate``, ``popularity``, ``save_best``,
+``make_loader``, ``loss``, ``sync_gradients``, ``evaluate``, ``baselines``, ``save_best``,
 ``load_best``, ``begin_epoch`` and ``epoch_stats``. The partitioned strategy answers the same.
 """
 
@@ -17,21 +17,33 @@ from torch_geometric.data import Data
 
 from distgnn.core import dist
 from distgnn.core.checkpoint import BEST_MODEL, STATE_FILE, load_model_state, save_model
-from distgnn.core.config import TrainJobConfig
+from distgnn.core.config import TrainJobConfig, replace_nested
 from distgnn.data.graph import Graph, load_graph
-from distgnn.eval.protocol import eval_split, evaluate, evaluate_popularity_baseline
+from distgnn.eval.protocol import eval_split, evaluate_job, evaluate_rating_baselines, popularity_vectors
 from distgnn.nn.loaders import link_loader, positive_draw_weights
 from distgnn.nn.models import exact_vectors, model_from_config, sampled_adjacency
 from distgnn.nn.sampler import make_sampler
 from distgnn.training.gradients import average_gradients
-from distgnn.training.objective import candidate_log_q, contrastive_term, link_loss, make_optimizers, positive_cells
+from distgnn.training.objective import (
+    candidate_log_q,
+    contrastive_term,
+    link_loss,
+    make_optimizers,
+    positive_cells,
+    rating_loss,
+)
+
+
+def shard_positions(num_edges: int, rank: int, world_size: int, seed: int) -> Tensor:
+    """``[E_r]`` positions (in :attr:`Graph.train_edges` order) of this worker's training edges: a
+    fixed random permutation dealt round-robin, so shards differ in size by at most one edge."""
+    return torch.randperm(num_edges, generator=torch.Generator().manual_seed(seed))[rank::world_size]
 
 
 def shard_edges(graph: Graph, rank: int, world_size: int, seed: int) -> Tensor:
-    """This worker's training edges as ``edge_label_index [2, E_r]`` (user node, item node): a fixed
-    random permutation dealt round-robin, so shards differ in size by at most one edge."""
+    """This worker's training edges as ``edge_label_index [2, E_r]`` (user node, item node)."""
     user, item = graph.train_edges
-    perm = torch.randperm(user.numel(), generator=torch.Generator().manual_seed(seed))[rank::world_size]
+    perm = shard_positions(user.numel(), rank, world_size, seed)
     return torch.stack([user[perm], item[perm] + graph.num_users])
 
 
@@ -43,7 +55,11 @@ class Replicated:
         self.job, self.device = job, device
         torch.manual_seed(job.run.seed)  # same initial weights on every rank
         self.graph = load_graph(job.graph)
-        self.model = model_from_config(job.model, self.graph).to(device)
+        self.model = model_from_config(job.model, self.graph, task=job.task).to(device)
+        self.ratings: Tensor | None = None  # [E_r] the shard's training ratings (rating task)
+        if job.task == "rating":
+            with torch.no_grad():  # start from the mean rating: the biases and dot products learn the rest
+                self.model.global_bias.fill_(float(self.graph.train_values("rating").mean()))
         self.optimizers = make_optimizers(self.model, job.optim.lr)
         self.eval_split = eval_split(self.graph)
         self.item_log_q: Tensor | None = None
@@ -52,7 +68,11 @@ class Replicated:
         """The worker's loader (its shard of the edges), seeded per rank and epoch of (re)start."""
         job, graph, rank = self.job, self.graph, dist.rank()
         torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batches per rank
+        positions = shard_positions(graph.train.indices.numel(), rank, dist.world_size(), job.run.seed)
         edges = shard_edges(graph, rank, dist.world_size(), job.run.seed)
+        if job.task == "rating":
+            self.ratings = graph.train_values("rating")[positions].to(self.device)
+        edge_weight = graph.train_values("weight")[positions] if job.optim.edge_weight else None
         sampler = make_sampler(
             graph.indptr,
             graph.indices,
@@ -66,7 +86,8 @@ class Replicated:
         sampler.hard_negative_pool = job.optim.hard_negative_pool  # vectors: refreshed each epoch
         if job.optim.loss == "softmax" and job.optim.log_q:
             self.item_log_q = candidate_log_q(
-                positive_draw_weights(edges, graph.num_users, graph.num_items, job.optim.edge_sampling), job.optim
+                positive_draw_weights(edges, graph.num_users, graph.num_items, job.optim.edge_sampling, edge_weight),
+                job.optim,
             )
         self.loader = link_loader(
             sampler,
@@ -75,6 +96,7 @@ class Replicated:
             batch_size=job.optim.batch_size,
             num_negatives=job.num_negatives,
             edge_sampling=job.optim.edge_sampling,
+            edge_weight=edge_weight,
             num_workers=job.sampler.num_workers,
             pin_memory=self.device.type == "cuda",
         )
@@ -94,6 +116,8 @@ class Replicated:
             adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], graph.degree).to(device)
         x = model.inputs(n_id.to(device))
         out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
+        if self.job.task == "rating":
+            return rating_loss(model, out, batch, self.ratings, o)
         loss = link_loss(
             out,
             lambda local: model.ego(n_id[local].to(device)),
@@ -103,6 +127,7 @@ class Replicated:
             lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
             num_users=graph.num_users,
             item_bias=None if model.bias_embedding is None else lambda nodes: model.item_bias(nodes.to(device)),
+            score=model.score,
         )
         if o.contrastive_weight > 0:
             loss = loss + o.contrastive_weight * contrastive_term(model, x, adj_t, batch, o)
@@ -121,12 +146,16 @@ class Replicated:
         return exact_vectors(self.model, self.graph, self.job)
 
     def evaluate(self, split: str) -> dict[str, float]:
-        e = self.job.eval
-        return evaluate(self.vectors(), self.graph, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
+        score = self.model.score if self.model.pair_model else None
+        return evaluate_job(self.vectors(), self.graph, split, self.job, score=score)
 
-    def popularity(self, split: str) -> dict[str, float]:
-        e = self.job.eval
-        return evaluate_popularity_baseline(self.graph, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
+    def baselines(self, split: str) -> dict[str, dict[str, float]]:
+        """The task's baselines under the same protocol: popularity (ranking); the global mean and
+        the user + item bias model (rating)."""
+        if self.job.task == "rating":
+            return evaluate_rating_baselines(self.graph, split)
+        ranking = replace_nested(self.job, **{"optim.loss": "softmax"})  # popularity ranks; it predicts no rating
+        return {"popularity": evaluate_job(popularity_vectors(self.graph), self.graph, split, ranking)}
 
     def save_best(self, run_dir: Path, info: dict) -> None:
         if dist.rank() == 0:
