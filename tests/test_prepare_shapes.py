@@ -10,8 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -503,3 +505,20 @@ def test_check_output_path_protects_every_input(tmp_path):
             )
         )
     assert (data / "test.csv").exists()
+
+
+def test_cold_start_users_keep_exactly_cold_items_training_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    user = np.repeat(np.arange(50), 20)
+    item = np.concatenate([rng.choice(200, 20, replace=False) for _ in range(50)])
+    pacsv.write_csv(pa.table({"user": user.astype(str), "item": item.astype(str)}), tmp_path / "pairs.csv")
+    base = dict(input=str(tmp_path / "pairs.csv"), val_fraction=0.1, test_fraction=0.1, seed=3)
+    plain = load_graph(prepare(PrepareConfig(**base, output=str(tmp_path / "plain"))))
+    cold = load_graph(prepare(PrepareConfig(**base, cold_fraction=0.2, cold_items=5, output=str(tmp_path / "cold"))))
+    counts = cold.train.counts
+    assert int((counts == 5).sum()) == 10 and int((counts == 16).sum()) == 40  # 20 - 2 - 2 held out = 16
+    # the held-out splits are untouched, and a cold user's kept rows are among its own training rows
+    assert torch.equal(cold.test.indices, plain.test.indices) and torch.equal(cold.val.indices, plain.val.indices)
+    for u in torch.nonzero(counts == 5).flatten().tolist():
+        kept = set(cold.train.indices[cold.train.indptr[u] : cold.train.indptr[u + 1]].tolist())
+        assert kept <= set(plain.train.indices[plain.train.indptr[u] : plain.train.indptr[u + 1]].tolist())

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from distgnn.core.config import PrepareConfig
-from distgnn.core.errors import ConfigError
+from distgnn.core.errors import ConfigError, DataError
 from distgnn.core.rundir import create_run_dir
 from distgnn.data.graph import item_sets_from_pairs, load_graph
 from distgnn.data.prepare import prepare
@@ -21,11 +21,14 @@ from distgnn.eval.metrics import finalize_sampled, sampled_ranking_sums
 from distgnn.eval.protocol import evaluate_job, interacted, sampled_negatives
 from distgnn.nn.losses import pointwise_bce_loss
 from distgnn.nn.models import NeuMF, build_model, scoring_vectors
+from distgnn.serving.exact import RunScorer
 from distgnn.serving.export import export
+from distgnn.serving.recommend import load_export
 from distgnn.serving.samples import sample_recommendations
 from distgnn.training.checks import check_job
 from distgnn.training.launcher import train_in_process as train_loop
-from distgnn.training.replicated import Replicated
+from distgnn.training.objective import candidate_log_q
+from distgnn.training.replicated import Replicated, shard_edges
 
 from test_train import tiny_job
 
@@ -178,6 +181,12 @@ def test_rating_model_beats_both_baselines_and_exports_its_predictions(rating_gr
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["test_metrics"]["rmse"] == pytest.approx(ours["rmse"], abs=1e-5)
+    # exact scoring from the run ranks as the export's flat index: by predicted rating, seen items excluded
+    users = ["3", "17", "250"]
+    from_run = RunScorer(run_dir).recommend(users, k=5).to_pylist()
+    from_export = load_export(out).recommend(users, 5).to_pylist()
+    assert [(r["user_id"], r["item_id"]) for r in from_run] == [(r["user_id"], r["item_id"]) for r in from_export]
+    assert [r["score"] for r in from_run] == pytest.approx([r["score"] for r in from_export], abs=1e-4)
 
 
 def test_rating_task_trains_lightgcn_through_the_sampler(rating_graph, tmp_path):
@@ -215,6 +224,12 @@ def test_ncf_beats_popularity_and_reports_both_protocols(tiny_graph, tmp_path):
     assert test["cold/num_users"] == int(cold.sum()) > 0
     with pytest.raises(ConfigError, match="no ANN index can serve it"):
         export(run_dir, tmp_path / "export")
+    # served by exact scoring with the MLP: k unseen items per user, best first
+    recommended = RunScorer(run_dir).recommend(["0", "5"], k=7).to_pylist()
+    g = load_graph(tiny_graph)
+    assert len(recommended) == 14 and {r["user_id"] for r in recommended} == {"0", "5"}
+    with pytest.raises(DataError, match="not in the run's graph"):
+        RunScorer(run_dir).recommend(["no-such-user"])
     # sample recommendations score pairs with the MLP, as evaluation does: the held-out flags agree
     samples = sample_recommendations(run_dir, num_users=5, k=10).to_pylist()
     assert len(samples) == 50 and [r["rank"] for r in samples[:10]] == list(range(1, 11))
@@ -235,3 +250,34 @@ def test_vector_models_get_the_sampled_protocol_from_their_vectors(tiny_graph, t
     vectors[g.num_users + g.test.indices, users] = 1.0  # item i scores 1 for its test users
     result = evaluate_job(vectors, g, "test", job)
     assert result["sampled_hr@10"] == 1.0 and result["sampled_ndcg@10"] == 1.0
+
+
+def test_edge_weight_draws_each_pair_in_proportion_to_its_prepared_weight(tmp_path):
+    """duplicates count turns repeated events into a weight; optim.edge_weight draws by it, and
+    the log-Q correction counts positives by the same weights."""
+    rows = [("a", "x")] * 9 + [("a", "y"), ("b", "x"), ("b", "y"), ("b", "z"), ("c", "z"), ("c", "y")]
+    pacsv.write_csv(pa.table({"user": [u for u, _ in rows], "item": [i for _, i in rows]}), tmp_path / "events.csv")
+    graph = prepare(
+        PrepareConfig(
+            input=str(tmp_path / "events.csv"),
+            duplicates="count",
+            val_fraction=0.0,
+            test_fraction=0.0,
+            output=str(tmp_path / "g"),
+        )
+    )
+    job = tiny_job(graph, **{"optim.edge_weight": True, "optim.batch_size": 2, "cluster.num_workers": 1})
+    strategy = Replicated(job)
+    loader, _ = strategy.make_loader(0)
+    g = strategy.graph
+    edges = shard_edges(g, 0, 1, job.run.seed)  # the loader's edges, in its order
+    pairs = list(zip(edges[0].tolist(), (edges[1] - g.num_users).tolist()))
+    weight = loader.sampler.weights
+    heavy = pairs.index((0, 0))  # user a and item x come first: index 0 each
+    assert weight[heavy] == 9.0 and sorted(set(weight.tolist())) == [1.0, 9.0]
+    drawn = torch.cat([loader.sampler.draw() for _ in range(400)])
+    assert abs(float((drawn == heavy).float().mean()) - 9 / 15) < 0.02
+    # log-Q: item x enters as a positive with weight 9 (from a) + 1 (from b)
+    assert float(strategy.item_log_q[0].exp()) == pytest.approx(
+        float(candidate_log_q(torch.tensor([10.0, 3.0, 2.0]), job.optim)[0].exp()), rel=1e-5
+    )

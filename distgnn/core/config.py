@@ -193,6 +193,14 @@ class PrepareConfig:
         " with 'given', carved at random from the given training part; ignored with val_input)",
     )
     test_fraction: float = opt(0.1, "fraction of each user's interactions for test (random/temporal)")
+    cold_fraction: float = opt(
+        0.0,
+        "cold-start users for evaluation: after the split, this random fraction (seeded by seed) "
+        "of the users keeps only cold_items of its training interactions (chosen at random; the "
+        "others are dropped, its val/test stay), so that train --eval.cold_users cold_items "
+        "measures users with little history. 0 = off",
+    )
+    cold_items: int = opt(5, "training interactions a cold-start user keeps (see cold_fraction)", minimum=1)
     seed: int = opt(0, "random seed of the split (and of sample_fraction and the partitioning)")
     user_features: str = opt(
         "",

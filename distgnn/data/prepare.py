@@ -1016,6 +1016,37 @@ def split_interactions(
     return labels
 
 
+DROPPED = 3  # a label no split file holds
+
+
+def cold_start_labels(user: np.ndarray, labels: np.ndarray, fraction: float, keep: int, *, seed: int) -> np.ndarray:
+    """Labels with a random ``fraction`` of the users (those holding val/test rows) cut down to
+    ``keep`` training interactions, chosen at random; their other training rows become
+    :data:`DROPPED`. Vectorised: rank each user's training rows by a random key."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"config key 'cold_fraction': expected a fraction in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed + 1)
+    num_users = int(user.max()) + 1
+    held = np.bincount(user[labels != TRAIN], minlength=num_users) > 0
+    candidates = np.flatnonzero(held)
+    cold = np.zeros(num_users, dtype=bool)
+    cold[rng.choice(candidates, int(round(fraction * candidates.size)), replace=False)] = True
+    rows = np.flatnonzero((labels == TRAIN) & cold[user])
+    order = rows[np.lexsort((rng.random(rows.size), user[rows]))]  # by user, at random within
+    counts = np.bincount(user[order], minlength=num_users)
+    rank = np.arange(order.size) - (np.cumsum(counts) - counts)[user[order]]
+    out = labels.copy()
+    out[order[rank >= keep]] = DROPPED
+    log.info(
+        "cold_fraction %g: %s users keep %d training interactions each (%s training rows dropped)",
+        fraction,
+        f"{int(cold.sum()):,}",
+        keep,
+        f"{int((rank >= keep).sum()):,}",
+    )
+    return out
+
+
 def empty_split_reasons(
     user: np.ndarray,
     labels: np.ndarray,
@@ -1518,6 +1549,8 @@ def prepare(cfg: PrepareConfig) -> Path:
         user, labels, method=cfg.split, val_fraction=val_fraction, test_fraction=cfg.test_fraction, eligible=target
     ):
         log.warning("%s", reason)
+    if cfg.cold_fraction > 0:
+        labels = cold_start_labels(user, labels, cfg.cold_fraction, cfg.cold_items, seed=cfg.seed)
     num_users, num_items = len(user_ids), len(item_ids)
     weighted = cfg.duplicates == "count" or bool(event_weights)
 
@@ -1575,6 +1608,12 @@ def prepare(cfg: PrepareConfig) -> Path:
         if target is not None:
             split["target_events"] = targets
             split["num_eligible_pairs"] = int(target.sum())
+        if cfg.cold_fraction > 0:
+            split["cold_start"] = {
+                "fraction": cfg.cold_fraction,
+                "items": cfg.cold_items,
+                "num_dropped": int((labels == DROPPED).sum()),
+            }
         meta = {
             "format_version": FORMAT_VERSION,
             "source": data.source,
