@@ -3,6 +3,7 @@ pieces against hand-computed cases, then short trainings on planted data."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ from distgnn.eval.metrics import finalize_sampled, sampled_ranking_sums
 from distgnn.eval.protocol import evaluate_job, interacted, sampled_negatives
 from distgnn.nn.losses import pointwise_bce_loss
 from distgnn.nn.models import NeuMF, build_model, scoring_vectors
+from distgnn.recommend import main as recommend_main
 from distgnn.serving.exact import RunScorer
 from distgnn.serving.export import export
 from distgnn.serving.recommend import load_export
@@ -177,8 +179,6 @@ def test_rating_model_beats_both_baselines_and_exports_its_predictions(rating_gr
     assert ours["mae"] < base["user_item_bias"]["mae"]
     # the export's vectors predict the same ratings: its recomputed test equals training's
     out = export(run_dir, tmp_path / "export", indexes=("flat",))
-    import json
-
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["test_metrics"]["rmse"] == pytest.approx(ours["rmse"], abs=1e-5)
     # exact scoring from the run ranks as the export's flat index: by predicted rating, seen items excluded
@@ -195,7 +195,7 @@ def test_rating_task_trains_lightgcn_through_the_sampler(rating_graph, tmp_path)
     assert results["test"]["rmse"] < 0.9 * results["baselines_test"]["global_mean"]["rmse"]
 
 
-def test_ncf_beats_popularity_and_reports_both_protocols(tiny_graph, tmp_path):
+def test_ncf_beats_popularity_and_reports_both_protocols(tiny_graph, tmp_path, capsys):
     job = tiny_job(
         tiny_graph,
         **{
@@ -230,6 +230,10 @@ def test_ncf_beats_popularity_and_reports_both_protocols(tiny_graph, tmp_path):
     assert len(recommended) == 14 and {r["user_id"] for r in recommended} == {"0", "5"}
     with pytest.raises(DataError, match="not in the run's graph"):
         RunScorer(run_dir).recommend(["no-such-user"])
+    capsys.readouterr()
+    assert recommend_main(["--run", str(run_dir), "--user-ids", "0,5", "--k", "7", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [(r["user_id"], r["item_id"]) for r in printed] == [(r["user_id"], r["item_id"]) for r in recommended]
     # sample recommendations score pairs with the MLP, as evaluation does: the held-out flags agree
     samples = sample_recommendations(run_dir, num_users=5, k=10).to_pylist()
     assert len(samples) == 50 and [r["rank"] for r in samples[:10]] == list(range(1, 11))

@@ -108,5 +108,8 @@ def link_loader(
         sampler=edge_order(edge_label_index, edge_sampling, edge_weight),
         drop_last=True,
         pin_memory=pin_memory,
+        # what PyG infers for in-memory data; inferring it logs through logging.debug(), which
+        # installs a root handler and then prints every distgnn line twice in one process
+        filter_per_worker=False,
         **prefetch,
     )
