@@ -85,12 +85,14 @@ def train_command(args, single: bool) -> int:
 
 def shown_metrics(job, test: dict) -> list[str]:
     """The results table's columns: RMSE/MAE for the rating task, Recall/NDCG@K for ranking (with
-    MRR/Precision at K <= 5, the top-3 style lists), the sampled-negatives HR/NDCG when computed."""
+    MRR/Precision at K <= 5, the top-3 style lists), the sampled-negatives HR/NDCG and the cold users'
+    Recall/NDCG at the largest K when computed."""
     if job.task == "rating":
         return ["rmse", "mae"]
     names = [f"{m}@{k}" for k in job.eval.ks for m in ("recall", "ndcg")]
     names += [f"{m}@{k}" for k in job.eval.ks if k <= 5 for m in ("mrr", "precision")]
     names += [f"sampled_{m}@{k}" for k in job.eval.ks for m in ("hr", "ndcg") if f"sampled_{m}@{k}" in test]
+    names += [f"cold/{m}@{k}" for k in job.eval.ks[-1:] for m in ("recall", "ndcg") if f"cold/{m}@{k}" in test]
     return names
 
 

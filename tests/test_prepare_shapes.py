@@ -141,6 +141,11 @@ def test_ml_100k_u1_base_and_test(tmp_path):
     assert meta["num_interactions"] == {"train": 80000, "val": 0, "test": 19968}
     assert (meta["num_users"], meta["num_items"]) == (943, 1650)
     assert meta["features"] == {"user": 30, "item": 19}
+    # the side files' readable columns sit next to the id maps, for sample recommendations
+    items = pq.read_table(out / "items.parquet").to_pylist()
+    assert items[0] == {"index": 0, "raw_id": "1", "title": "Toy Story (1995)"}
+    users = pq.read_table(out / "users.parquet").to_pylist()
+    assert users[0] == {"index": 0, "raw_id": "1", "age": 24, "gender": "M", "occupation": "technician"}
 
 
 # ---------------------------------------------------------------------------------------------------

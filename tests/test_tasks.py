@@ -168,6 +168,7 @@ def test_options_that_cannot_go_together_are_refused(tiny_graph, overrides, key)
 # Training on planted data
 
 
+@pytest.mark.slow
 def test_rating_model_beats_both_baselines_and_exports_its_predictions(rating_graph, tmp_path):
     job = tiny_job(rating_graph, **RATING, **{"model.name": "mf", "optim.epochs": 25, "model.dim": 16})
     run_dir = create_run_dir(job, str(tmp_path), "run")
@@ -189,12 +190,14 @@ def test_rating_model_beats_both_baselines_and_exports_its_predictions(rating_gr
     assert [r["score"] for r in from_run] == pytest.approx([r["score"] for r in from_export], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_rating_task_trains_lightgcn_through_the_sampler(rating_graph, tmp_path):
     job = tiny_job(rating_graph, **RATING, **{"model.name": "lightgcn", "optim.epochs": 15, "model.dim": 16})
     results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
     assert results["test"]["rmse"] < 0.9 * results["baselines_test"]["global_mean"]["rmse"]
 
 
+@pytest.mark.slow
 def test_ncf_beats_popularity_and_reports_both_protocols(tiny_graph, tmp_path, capsys):
     job = tiny_job(
         tiny_graph,

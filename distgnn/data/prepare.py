@@ -73,6 +73,10 @@ class Interactions:
     source: str
     user_features: tuple[np.ndarray, np.ndarray] | None = None  # (raw ids [n] str, values [n, F] float32)
     item_features: tuple[np.ndarray, np.ndarray] | None = None
+    # raw side-file columns for people to read (a movie's title and genres), first column the raw id;
+    # written next to the id maps in users.parquet / items.parquet
+    user_display: pa.Table | None = None
+    item_display: pa.Table | None = None
     # [n] int64: the 0-based data row in the source of each table row, once a filter has dropped rows
     # (so that later errors still name the row a person finds in the file); None = the table's own order
     rows: np.ndarray | None = None
@@ -645,7 +649,7 @@ def read_movielens_100k(path: Path, cfg: PrepareConfig) -> Interactions:
     else:
         file = path if path.is_file() else folder / "u.data"
         table = _read_delimited(file, names, "\t", what, types)
-    user_features = item_features = None
+    user_features = item_features = user_display = item_display = None
     if (folder / "u.user").is_file():
         users = _read_delimited(
             folder / "u.user",
@@ -665,12 +669,22 @@ def read_movielens_100k(path: Path, cfg: PrepareConfig) -> Interactions:
                 ]
             ),
         )
+        user_display = users.select(["id", "age", "gender", "occupation"])
     if (folder / "u.item").is_file():
         lines = [r.split("|") for r in (folder / "u.item").read_bytes().decode("latin-1").splitlines() if r]
         ids = np.array([r[0] for r in lines])
         item_features = (ids, np.array([[float(x) for x in r[-19:]] for r in lines], dtype=np.float32))
+        item_display = pa.table({"id": ids, "title": [r[1] for r in lines]})
     source = f"movielens-100k:{path}" if cfg.test_input else given.source
-    return replace(given, table=table, source=source, user_features=user_features, item_features=item_features)
+    return replace(
+        given,
+        table=table,
+        source=source,
+        user_features=user_features,
+        item_features=item_features,
+        user_display=user_display,
+        item_display=item_display,
+    )
 
 
 def read_movielens_1m(path: Path, cfg: PrepareConfig) -> Interactions:
@@ -688,7 +702,7 @@ def read_movielens_1m(path: Path, cfg: PrepareConfig) -> Interactions:
         table = _interaction_table(
             _read_parquet(file, {"user": "userID", "item": "movieID"}), file, "userID", "movieID"
         )
-    user_features = item_features = None
+    user_features = item_features = user_display = item_display = None
     if (folder / "users.dat").is_file():
         u = _read_double_colon(
             folder / "users.dat", ["id", "gender", "age", "occupation", "zip"], "MovieLens-1M users.dat"
@@ -697,13 +711,22 @@ def read_movielens_1m(path: Path, cfg: PrepareConfig) -> Interactions:
             u["id"].to_numpy(zero_copy_only=False),
             _one_hot([u[c].to_numpy(zero_copy_only=False) for c in ("gender", "age", "occupation")]),
         )
+        user_display = u.select(["id", "gender", "age", "occupation"])
     if (folder / "movies.dat").is_file():
         m = _read_double_colon(folder / "movies.dat", ["id", "title", "genres"], "MovieLens-1M movies.dat")
         item_features = (
             m["id"].to_numpy(zero_copy_only=False),
             _genre_features(m["genres"].to_numpy(zero_copy_only=False)),
         )
-    return Interactions(table, f"movielens-1m:{folder}", user_features, item_features)
+        item_display = m.select(["id", "title", "genres"])
+    return Interactions(
+        table,
+        f"movielens-1m:{folder}",
+        user_features,
+        item_features,
+        user_display=user_display,
+        item_display=item_display,
+    )
 
 
 def read_movielens_latest(path: Path, cfg: PrepareConfig) -> Interactions:
@@ -1136,6 +1159,13 @@ def build_csr(num_users: int, num_items: int, user: np.ndarray, item: np.ndarray
     indptr = np.zeros(num_nodes + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=num_nodes), out=indptr[1:])
     return indptr, dst[perm].astype(np.int64)
+
+
+def display_columns(raw_ids: pa.Array, display: pa.Table) -> dict[str, pa.Array]:
+    """The columns of ``display`` (first column: raw id) for the nodes ``raw_ids``, null where a node
+    has no row."""
+    lookup = pc.index_in(pc.cast(raw_ids, pa.string()), value_set=pc.cast(display.column(0), pa.string()))
+    return {name: display[name].take(lookup) for name in display.column_names[1:]}
 
 
 def align_features(raw_ids: pa.Array, features: tuple[np.ndarray, np.ndarray], *, what: str) -> np.ndarray:
@@ -1586,6 +1616,9 @@ def prepare(cfg: PrepareConfig) -> Path:
                 feature_columns[kind] = names
             elif own is not None:
                 values = align_features(ids, own, what=f"{kind}s")
+                display = data.user_display if kind == "user" else data.item_display
+                if display is not None:
+                    nodes.update(display_columns(ids, display))
             else:
                 values = None
             if values is not None:
