@@ -527,3 +527,23 @@ def test_cold_start_users_keep_exactly_cold_items_training_rows(tmp_path):
     for u in torch.nonzero(counts == 5).flatten().tolist():
         kept = set(cold.train.indices[cold.train.indptr[u] : cold.train.indptr[u + 1]].tolist())
         assert kept <= set(plain.train.indices[plain.train.indptr[u] : plain.train.indptr[u + 1]].tolist())
+
+
+def test_min_item_interactions_drops_items_seen_by_too_few_pairs(tmp_path):
+    rows = [("a", "x"), ("a", "x"), ("b", "x"), ("a", "y"), ("c", "z"), ("c", "x"), ("b", "y")]
+    pacsv.write_csv(pa.table({"user": [u for u, _ in rows], "item": [i for _, i in rows]}), tmp_path / "log.csv")
+    out = prepare(
+        PrepareConfig(
+            input=str(tmp_path / "log.csv"),
+            duplicates="count",
+            min_item_interactions=2,
+            val_fraction=0.0,
+            test_fraction=0.0,
+            output=str(tmp_path / "g"),
+        )
+    )
+    # x: 3 pairs (a's two events merged), y: 2, z: 1 -> z goes, and the counts are of pairs, not events
+    items = pq.read_table(out / "items.parquet")["raw_id"].to_pylist()
+    assert items == ["x", "y"]
+    train = pq.read_table(out / "train.parquet").to_pylist()
+    assert sorted(r["weight"] for r in train) == [1.0, 1.0, 1.0, 1.0, 2.0]

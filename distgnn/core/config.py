@@ -193,6 +193,14 @@ class PrepareConfig:
         " with 'given', carved at random from the given training part; ignored with val_input)",
     )
     test_fraction: float = opt(0.1, "fraction of each user's interactions for test (random/temporal)")
+    min_item_interactions: int = opt(
+        1,
+        "drop items with fewer (user, item) pairs than this, after merging repeated pairs and before "
+        "splitting (one pass, not an iterated k-core), so that a held-out item is one the training graph "
+        "can know: in a sparse log most items are seen once, and a held-out pair of such an item is "
+        "unreachable for any model. 1 = keep every item",
+        minimum=1,
+    )
     cold_fraction: float = opt(
         0.0,
         "cold-start users for evaluation: after the split, this random fraction (seeded by seed) "

@@ -1564,6 +1564,25 @@ def prepare(cfg: PrepareConfig) -> Path:
             table, (user, item, order, given, weight) = table.take(keep), _take(keep, user, item, order, given, weight)
         user, user_ids = compact_ids(user, user_ids)
         item, item_ids = compact_ids(item, item_ids)
+    if cfg.min_item_interactions > 1:
+        # one pass, not an iterated k-core: users keep whatever pairs their kept items leave them
+        pairs_of_item = np.bincount(item, minlength=len(item_ids))
+        keep = np.flatnonzero(pairs_of_item[item] >= cfg.min_item_interactions)
+        log.info(
+            "min_item_interactions %d: kept %s of %s items, %s of %s (user, item) pairs",
+            cfg.min_item_interactions,
+            f"{int((pairs_of_item >= cfg.min_item_interactions).sum()):,}",
+            f"{int((pairs_of_item > 0).sum()):,}",
+            f"{keep.size:,}",
+            f"{item.size:,}",
+        )
+        if keep.size == 0:
+            raise DataError(f"{data.source}: min_item_interactions {cfg.min_item_interactions} keeps no item")
+        table, (user, item, order, weight) = table.take(keep), _take(keep, user, item, order, weight)
+        given = given[keep] if given is not None else None
+        target = target[keep] if target is not None else None
+        user, user_ids = compact_ids(user, user_ids)
+        item, item_ids = compact_ids(item, item_ids)
     val_fraction = 0.0 if cfg.val_input else cfg.val_fraction  # a validation file replaces the carving
     labels = split_interactions(
         user,
