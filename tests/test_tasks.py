@@ -288,3 +288,9 @@ def test_edge_weight_draws_each_pair_in_proportion_to_its_prepared_weight(tmp_pa
     assert float(strategy.item_log_q[0].exp()) == pytest.approx(
         float(candidate_log_q(torch.tensor([10.0, 3.0, 2.0]), job.optim)[0].exp()), rel=1e-5
     )
+
+
+@pytest.mark.parametrize("overrides,column", [(RATING, "rating"), ({"optim.edge_weight": True}, "weight")])
+def test_a_graph_without_the_column_a_job_needs_fails_with_one_line(tiny_graph, overrides, column):
+    with pytest.raises(DataError, match=f"train.parquet: has no '{column}' column; prepare it"):
+        Replicated(tiny_job(tiny_graph, **overrides)).make_loader(0)

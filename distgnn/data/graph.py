@@ -98,11 +98,20 @@ class Graph:
         """The value columns a split's Parquet file holds beyond user and item (rating, weight, ...)."""
         return [c for c in pq.read_schema(self.path / f"{split}.parquet").names if c not in ("user", "item")]
 
+    def _read_split(self, split: str, column: str):
+        if column not in self.columns(split):
+            hint = {
+                "rating": "prepare it from data with ratings (--rating_col, or a MovieLens format)",
+                "weight": "prepare it with --duplicates count or --event_weights",
+            }.get(column, "prepare it again with that column")
+            raise DataError(f"{self.path}/{split}.parquet: has no '{column}' column; {hint}")
+        return pq.read_table(self.path / f"{split}.parquet", columns=["user", "item", column])
+
     def train_values(self, column: str) -> Tensor:
         """``[E]`` float32 values of a column of train.parquet (rating, weight) in the order of
         :attr:`train_edges` (by user, then item: the CSR's order), for the loader to hand out with
         each batch's edges. Pairs are unique, so sorting by (user, item) aligns the two."""
-        table = pq.read_table(self.path / "train.parquet", columns=["user", "item", column])
+        table = self._read_split("train", column)
         user, item = table["user"].to_numpy(), table["item"].to_numpy()
         if user.size != self.train.indices.numel():
             raise DataError(f"{self.path}/train.parquet: {user.size} rows, the graph has {self.train.indices.numel()}")
@@ -111,7 +120,7 @@ class Graph:
 
     def held_out(self, split: str, column: str) -> tuple[Tensor, Tensor, Tensor]:
         """``(user [n], item [n], value [n] float32)`` of a held-out split's column (e.g. rating)."""
-        table = pq.read_table(self.path / f"{split}.parquet", columns=["user", "item", column])
+        table = self._read_split(split, column)
         user, item = (torch.from_numpy(table[c].to_numpy().astype(np.int64)) for c in ("user", "item"))
         return user, item, torch.from_numpy(table[column].to_numpy().astype(np.float32))
 

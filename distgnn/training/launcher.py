@@ -20,7 +20,7 @@ from distgnn.core.cluster import start_ray
 from distgnn.core.config import PrepareConfig, TrainJobConfig, build_config, config_to_dict, replace_nested
 from distgnn.core.errors import ConfigError
 from distgnn.core.rundir import RESULTS_FILE
-from distgnn.data.graph import verify_graph_dir
+from distgnn.data.graph import load_graph, verify_graph_dir
 from distgnn.data.partition import verify_partitions
 from distgnn.training.loop import fit
 from distgnn.training.partitioned import Partitioned
@@ -112,6 +112,10 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
     folders), preparing the synthetic default if none is given."""
     if job.graph:
         verify_graph_dir(job.graph)
+        needed = (["rating"] if job.task == "rating" else []) + (["weight"] if job.optim.edge_weight else [])
+        graph = load_graph(job.graph)
+        for column in needed:  # fail here, in one line, rather than inside every Ray worker
+            graph.train_values(column)
         if job.cluster.partitioned:
             verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))
