@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [name for name, value in given.items() if value]
     if len(chosen) != 1:
         parser.error(f"give exactly one of --user-ids, --all-users, --users-file (got {', '.join(chosen) or 'none'})")
-    if args.output is None and not args.user_ids:
+    if args.output is None and args.user_ids is None:
         parser.error(f"{chosen[0]} writes a file: give --output")
     if (args.boost_items is None) != (args.boost is None):
         parser.error("--boost-items and --boost go together")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--skip-unknown-users applies to --users-file only")
 
     if args.run and (
-        args.output or not args.user_ids or args.mmr_lambda != 1.0 or args.exclude_items or args.boost_items
+        args.output or args.user_ids is None or args.mmr_lambda != 1.0 or args.exclude_items or args.boost_items
     ):
         parser.error("--run answers --user-ids on stdout only; the other options need an --export")
 

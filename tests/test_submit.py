@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -109,8 +110,7 @@ def ray_head():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_head_listens_on_loopback_only(ray_head):
-    env, root = ray_head
+def listening_sockets(root: Path) -> dict[tuple[str, int], str]:
     listening = {}
     for p in head_processes(root):
         try:
@@ -120,8 +120,22 @@ def test_head_listens_on_loopback_only(ray_head):
                     listening[(c.laddr.ip, c.laddr.port)] = p.name()
         except psutil.Error:
             continue
-    ports = {port for _, port in listening}
-    assert {int(env[k]) for k in ("DASHBOARD_PORT", "GCS_PORT", "CLIENT_PORT")} <= ports
+    return listening
+
+
+def test_head_listens_on_loopback_only(ray_head):
+    env, root = ray_head
+    expected = {int(env[k]) for k in ("DASHBOARD_PORT", "GCS_PORT", "CLIENT_PORT")}
+    # the dashboard comes up in the background, after `ray start` returns: on a loaded machine it can
+    # take tens of seconds, so wait for every expected port (then check all of them, not a subset)
+    deadline = time.monotonic() + 90
+    while True:
+        listening = listening_sockets(root)
+        ports = {port for _, port in listening}
+        if expected <= ports or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert expected <= ports
     exposed = {f"{ip}:{port} ({name})" for (ip, port), name in listening.items() if ip not in LOOPBACK}
     assert not exposed, f"listening beyond loopback: {sorted(exposed)}"
 
