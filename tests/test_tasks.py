@@ -9,19 +9,21 @@ import math
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from distgnn.core.config import PrepareConfig
 from distgnn.core.errors import ConfigError, DataError
 from distgnn.core.rundir import create_run_dir
-from distgnn.data.graph import item_sets_from_pairs, load_graph
+from distgnn.data.graph import load_graph
 from distgnn.data.prepare import prepare
 from distgnn.eval.baselines import bias_baseline
 from distgnn.eval.metrics import finalize_sampled, sampled_ranking_sums
 from distgnn.eval.protocol import evaluate_job, interacted, sampled_negatives
 from distgnn.nn.losses import pointwise_bce_loss
 from distgnn.nn.models import NeuMF, build_model, scoring_vectors
+from distgnn.nn.sampler import csr_contains
 from distgnn.recommend import main as recommend_main
 from distgnn.serving.exact import RunScorer
 from distgnn.serving.export import export
@@ -135,9 +137,16 @@ def test_sampled_negatives_avoid_every_interacted_item(tiny_graph):
     assert not any((u, i) in pairs for u, i in zip(flat_users, draws.flatten().tolist()))
 
 
-def test_interacted_is_the_union_of_the_splits():
-    sets = item_sets_from_pairs(np.array([0, 0, 1]), np.array([2, 0, 1]), 2)
-    assert sets.indices.tolist() == [0, 2, 1] and sets.counts.tolist() == [2, 1]
+def test_interacted_is_the_union_of_the_splits(tiny_graph):
+    g = load_graph(tiny_graph)
+    seen = interacted(g)
+    assert torch.equal(seen.counts, g.train.counts + g.val.counts + g.test.counts)  # splits are disjoint
+    for sets in (g.train, g.val, g.test):
+        users = torch.repeat_interleave(torch.arange(g.num_users), sets.counts)
+        assert csr_contains(seen.indptr, seen.indices, users, sets.indices).all()
+    # each row sorted, as the binary searches over it need
+    rows = torch.repeat_interleave(torch.arange(g.num_users), seen.counts)
+    assert bool(((seen.indices[1:] > seen.indices[:-1]) | (rows[1:] != rows[:-1])).all())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,20 +157,18 @@ def test_interacted_is_the_union_of_the_splits():
     "overrides,key",
     [
         ({"model.name": "ncf", "optim.loss": "softmax"}, "optim.loss"),
-        ({"optim.loss": "mse"}, "eval.metric"),  # ndcg@20 is fine, but rmse needs the rating task
+        ({"optim.loss": "bpr", "eval.metric": "rmse"}, "eval.metric"),  # rmse needs the rating task
         ({"optim.loss": "mse", "eval.metric": "rmse", "cluster.partitioned": True}, "optim.loss"),
         ({"eval.metric": "sampled_hr@10"}, "eval.metric"),  # not computed without eval.sampled_negatives
     ],
 )
 def test_options_that_cannot_go_together_are_refused(tiny_graph, overrides, key):
-    job = tiny_job(tiny_graph, **overrides)
-    if key == "eval.metric" and overrides.get("optim.loss") == "mse":
-        check_job(job)  # ranking metrics are computed for the rating task too
-        with pytest.raises(ConfigError, match="'eval.metric'"):
-            check_job(tiny_job(tiny_graph, **{"optim.loss": "bpr", "eval.metric": "rmse"}))
-        return
     with pytest.raises(ConfigError, match=f"'{key}'"):
-        check_job(job)
+        check_job(tiny_job(tiny_graph, **overrides))
+
+
+def test_the_rating_task_may_select_by_ranking_metrics_too(tiny_graph):
+    check_job(tiny_job(tiny_graph, **{"optim.loss": "mse", "eval.metric": "ndcg@20"}))  # computed for it too
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,6 +250,16 @@ def test_ncf_beats_popularity_and_reports_both_protocols(tiny_graph, tmp_path, c
     users = {r["user_id"] for r in samples}
     assert len(users) == 5 and any(r["held_out"] for r in samples)
     assert all(a["score"] >= b["score"] for a, b in zip(samples, samples[1:]) if a["user_id"] == b["user_id"])
+    user_index = {raw: i for i, raw in enumerate(pq.read_table(g.path / "users.parquet")["raw_id"].to_pylist())}
+    item_index = {raw: i for i, raw in enumerate(pq.read_table(g.path / "items.parquet")["raw_id"].to_pylist())}
+    test_users = torch.repeat_interleave(torch.arange(g.num_users), g.test.counts).tolist()
+    test_pairs = set(zip(test_users, g.test.indices.tolist()))
+    train_pairs = set(
+        zip(torch.repeat_interleave(torch.arange(g.num_users), g.train.counts).tolist(), g.train.indices.tolist())
+    )
+    for r in samples:
+        pair = (user_index[r["user_id"]], item_index[r["item_id"]])
+        assert r["held_out"] == (pair in test_pairs) and pair not in train_pairs
 
 
 def test_vector_models_get_the_sampled_protocol_from_their_vectors(tiny_graph, tmp_path):
@@ -255,7 +272,7 @@ def test_vector_models_get_the_sampled_protocol_from_their_vectors(tiny_graph, t
     vectors[: g.num_users, : g.num_users] = torch.eye(g.num_users)
     users = torch.repeat_interleave(torch.arange(g.num_users), g.test.counts)
     vectors[g.num_users + g.test.indices, users] = 1.0  # item i scores 1 for its test users
-    result = evaluate_job(vectors, g, "test", job)
+    result = evaluate_job(vectors, g, "test", job.eval)
     assert result["sampled_hr@10"] == 1.0 and result["sampled_ndcg@10"] == 1.0
 
 

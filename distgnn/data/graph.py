@@ -98,13 +98,17 @@ class Graph:
         """The value columns a split's Parquet file holds beyond user and item (rating, weight, ...)."""
         return [c for c in pq.read_schema(self.path / f"{split}.parquet").names if c not in ("user", "item")]
 
-    def _read_split(self, split: str, column: str):
+    def require_column(self, split: str, column: str) -> None:
+        """Fail in one line, saying how to prepare it, when a split's file lacks a value column."""
         if column not in self.columns(split):
             hint = {
                 "rating": "prepare it from data with ratings (--rating_col, or a MovieLens format)",
                 "weight": "prepare it with --duplicates count or --event_weights",
             }.get(column, "prepare it again with that column")
             raise DataError(f"{self.path}/{split}.parquet: has no '{column}' column; {hint}")
+
+    def _read_split(self, split: str, column: str):
+        self.require_column(split, column)
         return pq.read_table(self.path / f"{split}.parquet", columns=["user", "item", column])
 
     def train_values(self, column: str) -> Tensor:

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from distgnn.core import dist
-from distgnn.core.config import TrainJobConfig
+from distgnn.core.config import EvalConfig
 from distgnn.data.graph import Graph, ItemSets, csr_row_positions, item_sets_from_pairs
 from distgnn.eval.baselines import bias_baseline, item_knn_scores, item_knn_weights
 from distgnn.eval.metrics import (
     CSR,
-    evaluate_popularity,
+    add_sums,
     evaluate_ranking,
     evaluate_scorer,
     finalize,
@@ -106,13 +106,15 @@ def evaluate(
     return finalize(dist.all_reduce_sum(sums))
 
 
-def evaluate_job(embeddings: Tensor, graph: Graph, split: str, job: TrainJobConfig, *, score: PairScore = None) -> dict:
-    """Every metric the job asks for on ``split``: full ranking; RMSE/MAE for the rating task; the
-    sampled-negatives protocol (``eval.sampled_negatives``); cold users apart (``eval.cold_users``).
-    The one entry point of training's validation and test and of export's recomputed test."""
-    e = job.eval
+def evaluate_job(
+    embeddings: Tensor, graph: Graph, split: str, e: EvalConfig, *, task: str = "ranking", score: PairScore = None
+) -> dict:
+    """Every metric ``e`` asks for on ``split``: full ranking; RMSE/MAE for the rating task
+    (``TrainJobConfig.task``); the sampled-negatives protocol (``eval.sampled_negatives``); cold
+    users apart (``eval.cold_users``). The one entry point of training's validation and test, of
+    its baselines and of export's recomputed test."""
     results = evaluate(embeddings, graph, split, e.ks, batch_size=e.batch_size, max_users=e.max_users, score=score)
-    if job.task == "rating":
+    if task == "rating":
         results.update(evaluate_ratings(embeddings, graph, split))
     if e.sampled_negatives:
         results.update(evaluate_sampled(embeddings, graph, split, e.ks, num_negatives=e.sampled_negatives, score=score))
@@ -124,9 +126,8 @@ def evaluate_job(embeddings: Tensor, graph: Graph, split: str, job: TrainJobConf
     return results
 
 
-def rating_range(graph: Graph) -> tuple[float, float]:
+def rating_range(ratings: Tensor) -> tuple[float, float]:
     """Lowest and highest training rating: predictions are clipped to it (the scale is known)."""
-    ratings = graph.train_values("rating")
     return float(ratings.min()), float(ratings.max())
 
 
@@ -139,7 +140,8 @@ def evaluate_ratings(embeddings: Tensor, graph: Graph, split: str) -> dict[str, 
     share = slice(dist.rank(), None, dist.world_size())
     user, item, rating = user[share], item[share], rating[share]
     pred = (embeddings[user] * embeddings[graph.num_users + item]).sum(-1)
-    return finalize_rating(dist.all_reduce_sum(rating_sums(pred.clamp(*rating_range(graph)), rating)))
+    low, high = rating_range(graph.train_values("rating"))
+    return finalize_rating(dist.all_reduce_sum(rating_sums(pred.clamp(low, high), rating)))
 
 
 def evaluate_rating_baselines(graph: Graph, split: str) -> dict[str, dict[str, float]]:
@@ -150,7 +152,7 @@ def evaluate_rating_baselines(graph: Graph, split: str) -> dict[str, dict[str, f
     ratings = graph.train_values("rating")
     mean, user_bias, item_bias = bias_baseline(train_user, train_item, ratings, graph.num_users, graph.num_items)
     user, item, target = graph.held_out(split, "rating")
-    low, high = rating_range(graph)
+    low, high = rating_range(ratings)
     predictions = {
         "global_mean": torch.full_like(target, mean),
         "user_item_bias": (mean + user_bias[user] + item_bias[item]).clamp(low, high),
@@ -207,15 +209,12 @@ def evaluate_sampled(
     case_user, case_item = case_user[keep], case_item[keep]
     negatives = sampled_negatives(seen, case_user, graph.num_items, num_negatives)
     score = score or (lambda u, v: torch.einsum("bd,bmd->bm", u, v))
-    sums = None
+    sums = sampled_ranking_sums(torch.zeros(0), torch.zeros(0, num_negatives), ks)  # a rank with no cases
     for start in range(0, case_user.numel(), batch_size):
         u = case_user[start : start + batch_size]
         items = torch.cat([case_item[start : start + batch_size, None], negatives[start : start + batch_size]], 1)
         scores = score(embeddings[u], embeddings[graph.num_users + items])
-        part = sampled_ranking_sums(scores[:, 0], scores[:, 1:], ks)
-        sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
-    if sums is None:
-        sums = sampled_ranking_sums(torch.zeros(0), torch.zeros(0, 1), ks)
+        sums = add_sums(sums, sampled_ranking_sums(scores[:, 0], scores[:, 1:], ks))
     return finalize_sampled(dist.all_reduce_sum(sums))
 
 
@@ -251,16 +250,8 @@ def popularity_vectors(graph: Graph) -> Tensor:
 def evaluate_popularity_baseline(
     graph: Graph, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
 ) -> dict[str, float]:
-    item_degree = graph.degree[graph.num_users :].to(torch.float32)
-    sums = evaluate_popularity(
-        item_degree,
-        rank_users(graph, split, max_users),
-        excluded(graph, split),
-        truth(graph, split),
-        list(ks),
-        batch_size=batch_size,
-    )
-    return finalize(dist.all_reduce_sum(sums))
+    """Full-ranking metrics of the most-popular baseline (:func:`popularity_vectors`)."""
+    return evaluate(popularity_vectors(graph), graph, split, ks, batch_size=batch_size, max_users=max_users)
 
 
 @torch.no_grad()

@@ -12,12 +12,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from torch import Tensor
 
 from distgnn.core.errors import DataError
-from distgnn.eval.metrics import topk_of_scores
+from distgnn.eval.metrics import CSR, topk_of_scores
 from distgnn.eval.protocol import interacted
-from distgnn.nn.models import exact_vectors
+from distgnn.nn.models import Recommender, exact_vectors
 from distgnn.serving.export import load_run
+
+
+@torch.no_grad()
+def top_items(
+    model: Recommender, vectors: Tensor, users: Tensor, num_users: int, exclude: list[CSR], k: int
+) -> tuple[Tensor, Tensor]:
+    """``(topk [B, k], scores [B, k])``: each user's best items by the model's own score
+    (:meth:`Recommender.score`: the MLP for a pair model, the inner product otherwise) over exact
+    scoring vectors ``[N, d]``, leaving out ``exclude``; ``-1`` where fewer than k items are left."""
+    scores = model.score(vectors[users], vectors[num_users:])
+    topk = topk_of_scores(scores, users, exclude, k)
+    return topk, scores.gather(1, topk.clamp(min=0))
 
 
 class RunScorer:
@@ -43,15 +56,10 @@ class RunScorer:
     def recommend(self, raw_ids: list[str], k: int = 10, *, chunk_size: int = 256) -> pa.Table:
         """Top-``k`` unseen items per user: ``user_id, rank, item_id, score`` (as ``Export.recommend``)."""
         users = torch.from_numpy(self.user_index(raw_ids))
-        num_users = self.graph.num_users
-        item_vec = self.vectors[num_users:]
         parts = []
-        for start in range(0, users.numel(), chunk_size):
+        for start in range(0, users.numel(), chunk_size):  # bounds the [chunk, num_items] scores
             chunk = users[start : start + chunk_size]
-            user_vec = self.vectors[chunk]
-            scores = self.model.score(user_vec, item_vec) if self.model.pair_model else user_vec @ item_vec.T
-            topk = topk_of_scores(scores, chunk, self.seen, k)
-            parts.append((chunk, topk, scores.gather(1, topk.clamp(min=0))))
+            parts.append((chunk, *top_items(self.model, self.vectors, chunk, self.graph.num_users, self.seen, k)))
         user = torch.cat([c.repeat_interleave(k) for c, _, _ in parts]).numpy()
         item = torch.cat([t.flatten() for _, t, _ in parts]).numpy()
         score = torch.cat([s.flatten() for _, _, s in parts]).numpy()

@@ -222,7 +222,7 @@ def export(
     )
 
     # Same protocol and code as training's final test, so the two must agree.
-    test = evaluate_job(emb, graph, "test", job)
+    test = evaluate_job(emb, graph, "test", job.eval, task=job.task)
     results_file = Path(run_dir) / RESULTS_FILE
     trained = json.loads(results_file.read_text())["test"] if results_file.exists() else {}
     for key, value in trained.items():

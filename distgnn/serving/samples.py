@@ -13,9 +13,10 @@ import pyarrow.parquet as pq
 import torch
 
 from distgnn.core.files import write_bytes_atomic
-from distgnn.eval.metrics import topk_of_scores
 from distgnn.eval.protocol import excluded
 from distgnn.nn.models import exact_vectors
+from distgnn.nn.sampler import csr_contains
+from distgnn.serving.exact import top_items
 from distgnn.serving.export import load_run
 
 SAMPLES_FILE = "samples.csv"
@@ -29,26 +30,18 @@ def sample_recommendations(run_dir: str | Path, *, num_users: int = 5, k: int = 
     vectors = exact_vectors(model, graph, job)
     with_test = torch.nonzero(graph.test.counts > 0).flatten()
     users = with_test[torch.randperm(with_test.numel(), generator=torch.Generator().manual_seed(seed))[:num_users]]
-    user_vec, item_vec = vectors[users], vectors[graph.num_users :]
-    with torch.no_grad():
-        scores = model.score(user_vec, item_vec) if model.pair_model else user_vec @ item_vec.T
-    topk = topk_of_scores(scores, users, excluded(graph, "test"), k)
+    topk, scores = top_items(model, vectors, users, graph.num_users, excluded(graph, "test"), k)
     item = topk.flatten()
     user = users.repeat_interleave(k)
-    test_pairs = set(
-        zip(
-            torch.repeat_interleave(torch.arange(graph.num_users), graph.test.counts).tolist(),
-            graph.test.indices.tolist(),
-        )
-    )
+    held_out = csr_contains(graph.test.indptr, graph.test.indices, user, item)
     items = pq.read_table(graph.path / "items.parquet")
     raw_users = pq.read_table(graph.path / "users.parquet", columns=["raw_id"])["raw_id"]
     columns = {
         "user_id": raw_users.take(pa.array(user.numpy())),
         "rank": pa.array(np.tile(np.arange(1, k + 1), users.numel())),
         "item_id": items["raw_id"].take(pa.array(item.numpy())),
-        "score": pa.array(scores.gather(1, topk.clamp(min=0)).flatten().numpy()),
-        "held_out": pa.array([(u, i) in test_pairs for u, i in zip(user.tolist(), item.tolist())]),
+        "score": pa.array(scores.flatten().numpy()),
+        "held_out": pa.array(held_out.numpy()),
     }
     for name in items.column_names:
         if name not in ("index", "raw_id"):

@@ -115,7 +115,7 @@ def resolve_graph(job: TrainJobConfig) -> TrainJobConfig:
         needed = (["rating"] if job.task == "rating" else []) + (["weight"] if job.optim.edge_weight else [])
         graph = load_graph(job.graph)
         for column in needed:  # fail here, in one line, rather than inside every Ray worker
-            graph.train_values(column)
+            graph.require_column("train", column)
         if job.cluster.partitioned:
             verify_partitions(job.graph, job.cluster.num_workers)
         return replace_nested(job, graph=str(Path(job.graph).resolve()))

@@ -17,7 +17,7 @@ from torch_geometric.data import Data
 
 from distgnn.core import dist
 from distgnn.core.checkpoint import BEST_MODEL, STATE_FILE, load_model_state, save_model
-from distgnn.core.config import TrainJobConfig, replace_nested
+from distgnn.core.config import TrainJobConfig
 from distgnn.data.graph import Graph, load_graph
 from distgnn.eval.protocol import eval_split, evaluate_job, evaluate_rating_baselines, popularity_vectors
 from distgnn.nn.loaders import link_loader, positive_draw_weights
@@ -40,11 +40,15 @@ def shard_positions(num_edges: int, rank: int, world_size: int, seed: int) -> Te
     return torch.randperm(num_edges, generator=torch.Generator().manual_seed(seed))[rank::world_size]
 
 
-def shard_edges(graph: Graph, rank: int, world_size: int, seed: int) -> Tensor:
-    """This worker's training edges as ``edge_label_index [2, E_r]`` (user node, item node)."""
+def edges_at(graph: Graph, positions: Tensor) -> Tensor:
+    """The training edges at ``positions`` as ``edge_label_index [2, E_r]`` (user node, item node)."""
     user, item = graph.train_edges
-    perm = shard_positions(user.numel(), rank, world_size, seed)
-    return torch.stack([user[perm], item[perm] + graph.num_users])
+    return torch.stack([user[positions], item[positions] + graph.num_users])
+
+
+def shard_edges(graph: Graph, rank: int, world_size: int, seed: int) -> Tensor:
+    """This worker's training edges (:func:`shard_positions`) as ``edge_label_index [2, E_r]``."""
+    return edges_at(graph, shard_positions(graph.train.indices.numel(), rank, world_size, seed))
 
 
 class Replicated:
@@ -69,7 +73,7 @@ class Replicated:
         job, graph, rank = self.job, self.graph, dist.rank()
         torch.manual_seed(job.run.seed + 1000 * rank + start_epoch)  # distinct batches per rank
         positions = shard_positions(graph.train.indices.numel(), rank, dist.world_size(), job.run.seed)
-        edges = shard_edges(graph, rank, dist.world_size(), job.run.seed)
+        edges = edges_at(graph, positions)
         if job.task == "rating":
             self.ratings = graph.train_values("rating")[positions].to(self.device)
         edge_weight = graph.train_values("weight")[positions] if job.optim.edge_weight else None
@@ -147,15 +151,14 @@ class Replicated:
 
     def evaluate(self, split: str) -> dict[str, float]:
         score = self.model.score if self.model.pair_model else None
-        return evaluate_job(self.vectors(), self.graph, split, self.job, score=score)
+        return evaluate_job(self.vectors(), self.graph, split, self.job.eval, task=self.job.task, score=score)
 
     def baselines(self, split: str) -> dict[str, dict[str, float]]:
         """The task's baselines under the same protocol: popularity (ranking); the global mean and
         the user + item bias model (rating)."""
         if self.job.task == "rating":
             return evaluate_rating_baselines(self.graph, split)
-        ranking = replace_nested(self.job, **{"optim.loss": "softmax"})  # popularity ranks; it predicts no rating
-        return {"popularity": evaluate_job(popularity_vectors(self.graph), self.graph, split, ranking)}
+        return {"popularity": evaluate_job(popularity_vectors(self.graph), self.graph, split, self.job.eval)}
 
     def save_best(self, run_dir: Path, info: dict) -> None:
         if dist.rank() == 0:
