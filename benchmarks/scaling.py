@@ -8,7 +8,8 @@ is positive training edges per second over all workers (``edges_per_s`` of the e
 x batch x workers / the slowest worker's epoch time). Weak scaling: a synthetic graph of
 ``--edges-per-worker`` x W training edges for W workers. Every row gives the mean milliseconds per
 step of each phase (``step_ms``: sampling, forward incl. row fetch, backward, waiting for the
-slowest worker at the exchange barrier, the gradient exchange, the optimizer), measured with
+slowest worker at the exchange barrier, the gradient exchange to the rows' owners, the optimizer,
+waiting for the updated rows to reach every worker), measured with
 ``run.profile true``. Workers run one torch thread each; with more workers than cores they share
 cores, and the table says so.
 """
@@ -27,7 +28,7 @@ from distgnn.core.rundir import create_run_dir, read_history
 from distgnn.data.prepare import prepare
 from distgnn.training.launcher import launch
 
-PHASES = ("sample", "forward", "backward", "wait", "exchange", "optimizer")
+PHASES = ("sample", "forward", "backward", "wait", "exchange", "optimizer", "share")
 
 
 def run_one(job: TrainJobConfig, out: Path, tag: str) -> dict:

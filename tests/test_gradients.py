@@ -1,12 +1,15 @@
-"""The touched-row gradient exchange (dense collectives only, so NCCL can run it) against DDP's
-sparse all-reduce on gloo: the same gradients, and the same parameters after training steps."""
+"""The row-sharded update of the embedding tables (dense collectives only, so NCCL can run it)
+against DDP's sparse all-reduce + SparseAdam on gloo: the same gradients, the same parameters
+after training steps, the same optimizer state, and checkpoints that resume on any number of
+workers."""
 
 import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from distgnn.nn.models import build_model
-from distgnn.training.gradients import average_gradients
+from distgnn.training import gradients
+from distgnn.training.gradients import RowShardedSparseAdam, average_dense, row_bounds
 from distgnn.training.objective import make_optimizers
 
 from test_partitioned import run_on_two_ranks
@@ -39,64 +42,146 @@ def loss_of(model, n_id, adj_t):
     return (out.pow(2).sum(-1) * torch.arange(1.0, n_id.numel() + 1.0)).mean() + bias.sum()
 
 
-def _compare(rank, name, size):
+def train_step(model, opts, n_id, adj_t, *, ours: bool):
+    """One step; ours: the row-sharded path (no DDP), as the replicated strategy runs it."""
+    for opt in opts:
+        opt.zero_grad()
+    loss_of(model, n_id, adj_t).backward()
+    if ours:
+        tables, *dense = opts
+        tables.reduce_gradients()
+        average_dense([p for opt in dense for group in opt.param_groups for p in group["params"]])
+    for opt in opts:
+        opt.step()
+    if ours:
+        for work in opts[0].share_updated_rows():
+            work.wait()
+
+
+def block_gradients(opts) -> dict[int, torch.Tensor]:
+    """This rank's averaged table gradients, as dense blocks."""
+    return {i: shard.grad.to_dense().clone() for i, shard in enumerate(opts[0].shards)}
+
+
+def ddp_block_gradients(model, opts, rank) -> dict[int, torch.Tensor]:
+    out = {}
+    for i, p in enumerate(opts[0].param_groups[0]["params"]):
+        bounds = row_bounds(p.shape[0], 2)
+        out[i] = p.grad.to_dense()[bounds[rank] : bounds[rank + 1]].clone()
+    return out
+
+
+def _compare(rank, name, size, small_table):
+    gradients.SMALL_TABLE = small_table  # this test's tables are tiny: 0 lets rows travel one by one
     ddp_model = DistributedDataParallel(make_model(name))  # gloo: sparse all-reduce of the tables
     ours = make_model(name)
-    ddp_opts, our_opts = make_optimizers(ddp_model.module, 0.05), make_optimizers(ours, 0.05)
-    grads = []
+    ddp_opts, our_opts = make_optimizers(ddp_model.module, 0.05), make_optimizers(ours, 0.05, row_sharded=True)
+    grads, params = [], []
     for step in range(3):
         n_id, adj_t = subgraph(rank, step, size)
-        for model, opts, sync in ((ddp_model, ddp_opts, False), (ours, our_opts, True)):
-            for opt in opts:
-                opt.zero_grad()
-            loss_of(model, n_id, adj_t).backward()
-            if sync:
-                average_gradients(model)
-            for opt in opts:
-                opt.step()
-        grads.append(
-            {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone() for n, p in ours.named_parameters()}
-        )
-        grads.append(
-            {
-                n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
-                for n, p in ddp_model.module.named_parameters()
-            }
-        )
-    params = [{n: p.detach().clone() for n, p in m.named_parameters()} for m in (ours, ddp_model.module)]
-    return grads, params
+        train_step(ddp_model, ddp_opts, n_id, adj_t, ours=False)
+        train_step(ours, our_opts, n_id, adj_t, ours=True)
+        grads.append((block_gradients(our_opts), ddp_block_gradients(ddp_model.module, ddp_opts, rank)))
+        params.append(tuple({n: p.detach().clone() for n, p in m.named_parameters()} for m in (ours, ddp_model.module)))
+    states = (our_opts[0].state_dict(), ddp_opts[0].state_dict())
+    return grads, params, states, our_opts[0].dense
 
 
 def assert_same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6, msg=key)
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6, msg=str(key))
 
 
-@pytest.mark.parametrize("size", [20, 45])  # 2 x 20 rows < 60: gathered; 2 x 45 > 60: dense all-reduce
-def test_touched_row_exchange_equals_ddp_sparse_all_reduce(size):
+@pytest.mark.parametrize(
+    "size, small_table, blocks",
+    [
+        (20, 0, False),  # 2 x 20 rows < 60: rows go to their owners one by one
+        (45, 0, True),  # 2 x 45 > 60: whole blocks
+        (20, gradients.SMALL_TABLE, True),  # a small table: whole blocks whatever the rows
+    ],
+)
+def test_row_sharded_update_equals_ddp_sparse_all_reduce(size, small_table, blocks):
     for name in ("lightgcn", "sage"):  # sage: dense weights too; both: a sparse item-bias table
-        for grads, (ours, theirs) in run_on_two_ranks(_compare, name, size):
-            for step in range(0, len(grads), 2):
-                assert_same(grads[step], grads[step + 1])
-                # the rows other ranks touched arrived: gradients are not only this rank's own
-                assert grads[step]["embedding.weight"].abs().sum(1).gt(0).sum() > size
-            assert_same(ours, theirs)
+        for grads, params, (our_state, ddp_state), dense in run_on_two_ranks(_compare, name, size, small_table):
+            assert dense[0] == blocks  # the id table took the path its size calls for
+            for ours, theirs in grads:
+                assert_same(ours, theirs)
+                # the rows other ranks touched arrived: the block's gradient is not this rank's alone
+                assert ours[0].abs().sum(1).gt(0).sum() > size // 2
+            for ours, theirs in params:  # every rank's whole table, after every step
+                assert_same(ours, theirs)
+            # the gathered optimizer state is SparseAdam's own, over whole tables
+            assert our_state["param_groups"] == ddp_state["param_groups"]
+            for index in ddp_state["state"]:
+                assert_same(our_state["state"][index], ddp_state["state"][index])
 
 
-def _sync_untouched_table(rank):
+def _untouched_table(rank, small_table):
+    gradients.SMALL_TABLE = small_table
     model = make_model("lightgcn")
-    if rank == 0:  # rank 1 touches nothing of the bias table: the collective must still match
-        model.item_bias(torch.tensor([3, 4])).sum().backward()
+    opts = make_optimizers(model, 0.1, row_sharded=True)
+    if rank == 0:  # rank 1 touches nothing of the bias table: the collectives must still match
+        model.item_bias(torch.tensor([3, 4, 40])).sum().backward()
     else:
         model.embedding(torch.tensor([5])).sum().backward()
-    average_gradients(model)
-    return model.bias_embedding.weight.grad.to_dense(), model.embedding.weight.grad.to_dense()
+    opts[0].reduce_gradients()
+    grads = [shard.grad.to_dense().clone() for shard in opts[0].shards]
+    for opt in opts:
+        opt.step()
+    for work in opts[0].share_updated_rows():
+        work.wait()
+    steps = [s["step"] for s in opts[0].state_dict()["state"].values()]
+    return grads, model.bias_embedding.weight.detach().clone(), steps
 
 
-def test_a_table_one_rank_did_not_touch_still_averages():
-    (bias0, emb0), (bias1, emb1) = run_on_two_ranks(_sync_untouched_table)
-    torch.testing.assert_close(bias0, bias1)
-    torch.testing.assert_close(emb0, emb1)
-    assert bias0[3, 0] == 0.5 and bias0[4, 0] == 0.5 and bias0.sum() == 1.0
-    assert emb0[5].tolist() == [0.5] * DIM
+@pytest.mark.parametrize("small_table", [0, gradients.SMALL_TABLE])  # rows one by one, whole blocks
+def test_a_table_one_rank_did_not_touch_still_averages_and_steps_everywhere(small_table):
+    (grads0, bias0, steps0), (grads1, bias1, steps1) = run_on_two_ranks(_untouched_table, small_table)
+    torch.testing.assert_close(bias0, bias1)  # the update of rank 1's row 40 reached rank 0, and back
+    start = make_model("lightgcn").bias_embedding.weight.detach()
+    assert torch.nonzero((bias0 != start).any(1)).flatten().tolist() == [3, 4, 40]
+    # rows 0-29 are rank 0's, 30-59 rank 1's: each owner holds the average (sum / 2 workers)
+    assert grads0[1][3, 0] == 0.5 and grads0[1][4, 0] == 0.5 and grads1[1][10, 0] == 0.5
+    assert grads0[0][5].tolist() == [0.5] * DIM and grads1[0].abs().sum() == 0
+    assert steps0 == steps1 == [1, 1]  # every block stepped, as the whole table does under DDP
+
+
+def _checkpoint_round_trip(rank):
+    """Train 2 steps, save the gathered state, load it into fresh optimizers, train 2 more; the
+    same as 4 steps straight."""
+    straight = make_model("lightgcn")
+    opts = make_optimizers(straight, 0.05, row_sharded=True)
+    for step in range(4):
+        train_step(straight, opts, *subgraph(rank, step, 45), ours=True)
+        if step == 1:
+            saved_model = {k: v.clone() for k, v in straight.state_dict().items()}
+            saved_state = opts[0].state_dict()
+    resumed = make_model("lightgcn")
+    resumed.load_state_dict(saved_model)
+    fresh = make_optimizers(resumed, 0.05, row_sharded=True)
+    fresh[0].load_state_dict(saved_state)
+    for step in range(2, 4):
+        train_step(resumed, fresh, *subgraph(rank, step, 45), ours=True)
+    return straight.state_dict(), resumed.state_dict(), saved_state
+
+
+def test_checkpoint_resumes_on_two_workers_and_loads_on_one():
+    results = run_on_two_ranks(_checkpoint_round_trip)
+    for straight, resumed, _ in results:
+        assert_same(straight, resumed)
+    saved = results[0][2]
+    for state in saved["state"].values():  # whole tables, as one worker's SparseAdam keeps them
+        assert state["exp_avg"].shape[0] == NUM_NODES
+    one_worker = make_optimizers(make_model("lightgcn"), 0.05, row_sharded=True)[0]
+    assert isinstance(one_worker, RowShardedSparseAdam)
+    one_worker.load_state_dict(saved)  # outside a process group: one worker owning every row
+    assert_same(one_worker.inner.state_dict()["state"][0], saved["state"][0])
+
+
+def test_row_bounds_cover_the_table_in_blocks_that_differ_by_at_most_one():
+    for rows, world in [(60, 2), (61, 2), (7, 3), (1000, 7)]:
+        bounds = row_bounds(rows, world)
+        sizes = bounds[1:] - bounds[:-1]
+        assert bounds[0] == 0 and bounds[-1] == rows
+        assert int(sizes.max() - sizes.min()) <= 1

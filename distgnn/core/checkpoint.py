@@ -97,18 +97,20 @@ def save_training_state(
     folder: Path,
     *,
     model: nn.Module,
-    optimizers: list[torch.optim.Optimizer],
+    optimizer_states: list[dict],
     epoch: int,
     history: list[dict],
     best: dict | None,
     name: str = STATE_FILE,
 ) -> Path:
     """Everything needed to continue after ``epoch`` (the next run starts at ``epoch + 1``).
-    ``name``: the file, one per worker when each holds a different shard of the model."""
+    ``optimizer_states``: each optimizer's ``state_dict()`` (taken on every worker: a row-sharded
+    optimizer gathers its state with a collective). ``name``: the file, one per worker when each
+    holds a different shard of the model."""
     save_checked(
         {
             "model": model.state_dict(),
-            "optimizers": [o.state_dict() for o in optimizers],
+            "optimizers": optimizer_states,
             "epoch": epoch,
             "history": history,
             "best": best,
@@ -120,7 +122,7 @@ def save_training_state(
 
 
 def load_training_state(
-    folder: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer], name: str = STATE_FILE
+    folder: Path, *, model: nn.Module, optimizers: list[Any], name: str = STATE_FILE
 ) -> dict[str, Any]:
     """Restore model and optimisers in place; returns ``{"epoch", "history", "best"}``."""
     # load_state_dict moves weights and optimizer moments onto the model's device

@@ -61,7 +61,8 @@ def exchange(
     """
     if dist.world_size() == 1:
         return send, send_counts
-    group = cpu_group()
+    # sampling's tensors live on the CPU (a gloo group); device tensors take the default group (NCCL)
+    group = cpu_group() if send.device.type == "cpu" else None
     if recv_counts is None:
         recv_counts = torch.empty_like(send_counts)
         tdist.all_to_all_single(recv_counts, send_counts, group=group)

@@ -1,74 +1,243 @@
-"""Averaging gradients over workers with dense collectives only, so the same code runs on gloo
-(CPU) and NCCL (GPU).
+"""Averaging gradients and updating weights over workers with dense collectives only, so the same
+code runs on gloo (CPU) and NCCL (GPU).
 
 Why not DDP: the embedding tables have sparse gradients (``nn.Embedding(sparse=True)``, the rows a
 batch touched), and PyTorch has no sparse all-reduce on NCCL (pytorch/pytorch#22400), so DDP over
-them works on gloo only. The touched rows are exchanged instead: an ``all_gather`` of each worker's
-row count, then of its padded row ids and values; every worker sums the rows it receives, so all
-hold the same averaged sparse gradient, exactly what DDP's sparse all-reduce computes. When the
-workers' rows together outnumber the table's (a 2-hop sampled subgraph touches most of Gowalla),
-a dense all-reduce of the table and of a touched-row mask moves less and gives the same result. The dense
-weights (GraphSAGE's projections and convolutions) are few: one flat ``all_reduce`` of all of them
-per step is DDP's arithmetic. Excluding the tables from a DDP wrapper needs a private DDP API, and a
-DDP over part of the model needs that part's forward to run through the wrapper, which the
-layer-wise evaluation and export do not do; one plain collective per kind avoids both.
+them works on gloo only.
+
+The tables are updated by their rows' owners instead (ZeRO stage 1, Rajbhandari et al. 2020, for
+row tables): every worker holds the whole table, because any batch may read any row, but it
+owns one contiguous block of rows, and only the owner keeps those rows' Adam moments and applies
+their update. A step:
+1. every worker sends the gradient rows it touched to their owners (``all_to_all`` of ids and of
+   values, uneven blocks);
+2. each owner sums what it received, which is the average over workers of each of its rows'
+   gradients (what DDP's sparse all-reduce computes), and steps SparseAdam on its block;
+3. each owner sends the rows it updated to every other worker (``all_to_all`` again).
+The optimizer's work and memory per worker shrink with the number of workers, and no worker
+materialises a gradient or a moment the size of the whole table. DeepSpeed and FSDP shard dense
+parameters this way but not sparse row gradients, hence this file.
+
+The dense weights (GraphSAGE's projections) are few: one flat ``all_reduce`` of all of them per
+step is DDP's arithmetic. Wrapping only part of the model in DDP would need that part's forward to
+run through the wrapper, which the layer-wise evaluation and the export do not do.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
 from distgnn.core import dist
+from distgnn.training.exchange import exchange
+
+# Tables of at most this many numbers (1 MiB of float32) always travel as whole blocks: at that
+# size a collective's latency costs more than its bytes, and the blocked path needs fewer of them.
+SMALL_TABLE = 2**18
 
 
-def average_touched_rows(grad: Tensor) -> Tensor:
-    """The average over workers of a sparse ``[N, d]`` row gradient (COO, as ``nn.Embedding(sparse=
-    True)`` leaves it), as a coalesced sparse tensor holding the union of the touched rows. Every
-    worker must call it, in the same order for each table."""
-    world = dist.world_size()
-    # Not coalesced here: a row looked up twice appears twice, and both paths below sum repeats
-    # (index_add_, or the final coalesce), so the local sort would be wasted work. _indices() and
-    # _values() are torch's documented accessors of an uncoalesced tensor's entries.
-    ids, values = grad._indices()[0], grad._values()
-    counts = [torch.zeros(1, dtype=torch.long, device=ids.device) for _ in range(world)]
-    tdist.all_gather(counts, torch.tensor([ids.numel()], device=ids.device))
-    counts = [int(c) for c in counts]
-    if sum(counts) > grad.shape[0]:
-        # The workers' rows cover most of the table (a sampled multi-hop subgraph often does): one
-        # dense all-reduce moves 2 N d numbers per worker, less than gathering every worker's rows.
-        return average_rows_densely(ids, values, grad.shape)
-    longest = max(counts)
-    # all_gather needs equal sizes: pad every worker's rows to the longest list
-    padded_ids = torch.cat([ids, ids.new_zeros(longest - ids.numel())])
-    padded_values = torch.cat([values, values.new_zeros((longest - ids.numel(), *values.shape[1:]))])
-    all_ids = [torch.empty_like(padded_ids) for _ in range(world)]
-    all_values = [torch.empty_like(padded_values) for _ in range(world)]
-    tdist.all_gather(all_ids, padded_ids)
-    tdist.all_gather(all_values, padded_values)
-    ids = torch.cat([part[:n] for part, n in zip(all_ids, counts)])
-    values = torch.cat([part[:n] for part, n in zip(all_values, counts)])
-    return torch.sparse_coo_tensor(ids[None], values / world, grad.shape).coalesce()
+def row_bounds(num_rows: int, world_size: int) -> Tensor:
+    """``[P + 1]``: where each worker's block of rows starts, then the end. Contiguous blocks whose
+    sizes differ by at most one row."""
+    return torch.tensor([r * num_rows // world_size for r in range(world_size + 1)])
 
 
-def average_rows_densely(ids: Tensor, values: Tensor, shape: torch.Size) -> Tensor:
-    """:func:`average_touched_rows` through dense all-reduces: the summed ``[N, d]`` table, and which
-    rows any worker touched (their union, as DDP keeps it, so SparseAdam steps the same rows)."""
-    # one extra column counts the lookups of each row, so one all-reduce carries the touched mask too
-    table = values.new_zeros((shape[0], shape[1] + 1))
-    table.index_add_(0, ids, torch.cat([values, values.new_ones((values.shape[0], 1))], dim=1))
-    tdist.all_reduce(table)
-    rows = torch.nonzero(table[:, -1]).flatten()  # sorted and unique: already coalesced
+def route_to_owners(ids: Tensor, values: Tensor, bounds: Tensor) -> tuple[Tensor, Tensor]:
+    """Send gradient rows (``ids [n]`` with ``values [n, d]``, repeats allowed) to the workers that
+    own them; returns the ``(ids, values)`` every worker sent to this one. Collective."""
+    owner = torch.bucketize(ids, bounds[1:-1].to(ids.device), right=True)
+    order = torch.argsort(owner)
+    counts = torch.bincount(owner, minlength=bounds.numel() - 1)
+    got_ids, got_counts = exchange(ids[order], counts)
+    got_values, _ = exchange(values[order], counts, recv_counts=got_counts)
+    return got_ids, got_values
+
+
+def owned_average(local_ids: Tensor, values: Tensor, num_rows: int, world_size: int) -> Tensor:
+    """The averaged gradient of a block of ``num_rows`` rows from the rows workers sent it
+    (``local_ids`` within the block, repeats summed): a coalesced sparse ``[num_rows, d]`` tensor
+    holding each row any worker touched, as DDP's sparse all-reduce keeps them."""
+    summed = values.new_zeros((num_rows, values.shape[1]))
+    summed.index_add_(0, local_ids, values)
+    touched = torch.zeros(num_rows, dtype=torch.bool, device=values.device)
+    touched[local_ids] = True
+    rows = torch.nonzero(touched).flatten()  # sorted and unique: already coalesced
     return torch.sparse_coo_tensor(
-        rows[None], table[:, :-1].index_select(0, rows) / dist.world_size(), shape, is_coalesced=True
+        rows[None], summed.index_select(0, rows) / world_size, (num_rows, values.shape[1]), is_coalesced=True
     )
+
+
+def send_to_all(ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """This worker's rows to every other worker; returns the rows every other worker sent here.
+    Collective. (``all_to_all`` rather than ``all_gather``: the blocks are uneven, and gloo's
+    all_gather took twice as long for the same bytes here.)"""
+    world, rank = dist.world_size(), dist.rank()
+    counts = torch.full((world,), ids.numel(), dtype=torch.long, device=ids.device)
+    counts[rank] = 0
+    copies = world - 1  # one copy of the rows per destination (a view when there is one)
+    got_ids, got_counts = exchange(ids.expand(copies, -1).reshape(-1), counts)
+    got_values, _ = exchange(values.expand(copies, -1, -1).reshape(-1, values.shape[1]), counts, recv_counts=got_counts)
+    return got_ids, got_values
+
+
+class RowShardedSparseAdam:
+    """SparseAdam over embedding tables whose rows are updated by their owners (see the module
+    notes). Used like a torch optimizer, plus two collectives around :meth:`step`:
+    :meth:`reduce_gradients` after ``backward`` and :meth:`share_updated_rows` after the step
+    (whose transfers must be waited for before the next forward).
+
+    Same arithmetic as DDP + SparseAdam over the whole tables: a row's moments see the same
+    averaged gradients, and every block steps whenever its table does (an empty gradient when no
+    worker touched the block), so the step counts behind Adam's bias correction agree.
+    :meth:`state_dict` gathers the blocks into SparseAdam's own format over whole tables, which is
+    what one worker writes: a checkpoint resumes on any number of workers.
+    """
+
+    def __init__(self, tables: list[nn.Parameter], lr: float):
+        rank, world = dist.rank(), dist.world_size()
+        self.tables = tables
+        self.bounds = [row_bounds(t.shape[0], world) for t in tables]
+        self.blocks = [(int(b[rank]), int(b[rank + 1])) for b in self.bounds]
+        # views of the owned rows: SparseAdam's in-place update lands in the tables themselves
+        self.shards = [nn.Parameter(t.detach()[lo:hi]) for t, (lo, hi) in zip(tables, self.blocks)]
+        self.inner = torch.optim.SparseAdam(self.shards, lr=lr)
+        self.param_groups = self.inner.param_groups  # the learning-rate schedule sets lr here
+        self.dense = [False] * len(tables)  # per table: this step's exchange moved whole blocks
+        self.buffers: dict[tuple[int, str], Tensor] = {}
+
+    def buffer(self, index: int, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A buffer kept from step to step: a fresh table-sized tensor each step costs more in page
+        faults than the arithmetic done in it."""
+        key = (index, name)
+        if key not in self.buffers or self.buffers[key].shape != shape:
+            self.buffers[key] = like.new_empty(shape)
+        return self.buffers[key]
+
+    def zero_grad(self) -> None:
+        for p in (*self.tables, *self.shards):
+            p.grad = None
+
+    def reduce_gradients(self) -> None:
+        """After ``backward``: each block's owner gets the average over workers of its rows'
+        gradients. Collective: every worker calls it, for the same tables.
+
+        Rows go to their owners one by one, unless the workers' rows together outnumber the table's
+        (a 2-hop sampled subgraph touches most of Gowalla) or the table is small (an item-bias
+        column): then each worker sums its rows into a table-sized buffer first and sends each owner
+        its whole block, which moves fewer bytes, or takes fewer collectives."""
+        world = dist.world_size()
+        grads = []
+        for table in self.tables:
+            grad, table.grad = table.grad, None
+            if grad is None:  # untouched here, maybe not elsewhere: still join the collectives
+                grad = torch.sparse_coo_tensor(
+                    torch.empty(1, 0, dtype=torch.long, device=table.device),
+                    table.new_empty((0, table.shape[1])),
+                    table.shape,
+                )
+            grads.append(grad)
+        if world == 1:
+            for shard, grad in zip(self.shards, grads):
+                shard.grad = grad if grad._nnz() else None  # the whole table is the block
+            return
+        # one small all-reduce decides, for every table at once, which way its rows travel
+        counts = torch.tensor([g._nnz() for g in grads], dtype=torch.long, device=self.tables[0].device)
+        tdist.all_reduce(counts)
+        for i, (table, shard, grad) in enumerate(zip(self.tables, self.shards, grads)):
+            # uncoalesced: a row looked up twice appears twice, and the sums below add repeats
+            # (_indices/_values are torch's documented accessors of an uncoalesced tensor)
+            ids, values = grad._indices()[0], grad._values()
+            self.dense[i] = int(counts[i]) > table.shape[0] or table.numel() <= SMALL_TABLE
+            if self.dense[i]:
+                shard.grad = self.reduce_blocks(i, ids, values)
+            else:
+                got_ids, got_values = route_to_owners(ids, values, self.bounds[i])
+                shard.grad = owned_average(got_ids - self.blocks[i][0], got_values, shard.shape[0], world)
+
+    def reduce_blocks(self, index: int, ids: Tensor, values: Tensor) -> Tensor:
+        """The dense way of :meth:`reduce_gradients` for table ``index``: sum into a table-sized
+        buffer, send each owner its block (``all_to_all`` of fixed sizes), add up the blocks
+        received; the rows' lookup counts travel the same way, so the owner learns which rows any
+        worker touched."""
+        table, world = self.tables[index], dist.world_size()
+        lo, hi = self.blocks[index]
+        sizes = (self.bounds[index][1:] - self.bounds[index][:-1]).tolist()
+        summed = self.buffer(index, "summed", tuple(table.shape), table)
+        summed.zero_()
+        summed.index_add_(0, ids, values)
+        received = self.buffer(index, "received", (world * (hi - lo), table.shape[1]), table)
+        tdist.all_to_all_single(received, summed, [hi - lo] * world, sizes)
+        lookups = torch.bincount(ids, minlength=table.shape[0])
+        received_lookups = lookups.new_empty(world * (hi - lo))
+        tdist.all_to_all_single(received_lookups, lookups, [hi - lo] * world, sizes)
+        rows = torch.nonzero(received_lookups.view(world, -1).sum(0)).flatten()  # sorted, unique: coalesced
+        block = received.view(world, hi - lo, -1).sum(0)
+        return torch.sparse_coo_tensor(
+            rows[None], block.index_select(0, rows) / world, (hi - lo, table.shape[1]), is_coalesced=True
+        )
+
+    def step(self) -> None:
+        """Update this worker's rows (SparseAdam on its blocks)."""
+        self.inner.step()
+
+    @torch.no_grad()
+    def share_updated_rows(self) -> list[Any]:
+        """After :meth:`step`: the rows each owner updated, to every worker's copy of the tables
+        (whole blocks when the gradients travelled as blocks). Collective. Whole blocks travel in
+        the background: returns the transfers in flight, to ``wait()`` for before the tables are
+        read again (the next batch can be sampled meanwhile)."""
+        world = dist.world_size()
+        in_flight: list[Any] = []
+        if world == 1:
+            return in_flight
+        for i, (table, shard, (lo, _)) in enumerate(zip(self.tables, self.shards, self.blocks)):
+            if self.dense[i]:
+                sizes = (self.bounds[i][1:] - self.bounds[i][:-1]).tolist()
+                copies = self.buffer(i, "copies", (world * shard.shape[0], shard.shape[1]), table)
+                copies.view(world, *shard.shape).copy_(shard.detach().expand(world, -1, -1))
+                # straight into the table: block r of the output is rank r's rows
+                in_flight.append(
+                    tdist.all_to_all_single(table.detach(), copies, sizes, [shard.shape[0]] * world, async_op=True)
+                )
+                continue
+            rows = shard.grad._indices()[0]  # reduce_gradients gave every block a gradient, maybe empty
+            ids, values = send_to_all(rows + lo, shard.index_select(0, rows))
+            table.index_copy_(0, ids, values)
+        return in_flight
+
+    def state_dict(self) -> dict[str, Any]:
+        """SparseAdam's state dict over the whole tables. Collective with more than one worker."""
+        inner = self.inner.state_dict()
+        if dist.world_size() == 1:
+            return inner
+        state = {}
+        for index, shard_state in sorted(inner["state"].items()):
+            state[index] = {
+                key: torch.cat(dist.all_gather_uneven(value)) if isinstance(value, Tensor) and value.dim() else value
+                for key, value in sorted(shard_state.items())
+            }
+        return {"state": state, "param_groups": inner["param_groups"]}
+
+    def load_state_dict(self, full: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`'s format (whichever number of workers wrote it): this
+        worker keeps its blocks' rows of the moments."""
+        state = {}
+        for index, table_state in full["state"].items():
+            lo, hi = self.blocks[int(index)]
+            state[index] = {
+                key: value[lo:hi] if isinstance(value, Tensor) and value.dim() else value
+                for key, value in table_state.items()
+            }
+        self.inner.load_state_dict({"state": state, "param_groups": full["param_groups"]})
 
 
 def average_dense(params: list[Tensor]) -> None:
     """Average the gradients of dense parameters over workers in place (one flat all-reduce)."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    if not grads or dist.world_size() == 1:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
     tdist.all_reduce(flat)
@@ -77,25 +246,3 @@ def average_dense(params: list[Tensor]) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def average_gradients(model: nn.Module) -> None:
-    """After ``backward``: average every gradient of ``model`` over workers, the sparse embedding
-    tables by their touched rows, the rest densely. A no-op in one process."""
-    if dist.world_size() == 1:
-        return
-    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
-    dense = []
-    for param in model.parameters():
-        if id(param) in tables:
-            grad = param.grad
-            if grad is None:  # untouched here, maybe not elsewhere: still join the collective
-                grad = torch.sparse_coo_tensor(
-                    torch.empty(1, 0, dtype=torch.long, device=param.device),
-                    param.new_empty((0, *param.shape[1:])),
-                    param.shape,
-                )
-            param.grad = average_touched_rows(grad)
-        elif param.requires_grad:
-            dense.append(param)
-    average_dense(dense)

@@ -147,7 +147,7 @@ class StepClock:
     exchange, so that waiting for the slowest worker is measured apart from the exchange itself
     (it costs one extra collective per step: for profiling only)."""
 
-    PHASES = ("sample", "forward", "backward", "wait", "exchange", "optimizer")
+    PHASES = ("sample", "forward", "backward", "wait", "exchange", "optimizer", "share")
 
     def __init__(self, *, wait_at_collectives: bool = False):
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
@@ -169,15 +169,17 @@ class StepClock:
 def train_steps(
     strategy: Any, loader, steps: int, o: OptimConfig, epoch: int, *, profile: bool = False
 ) -> tuple[torch.Tensor, StepClock]:
-    """One epoch's ``steps`` steps: loss, backward, gradient averaging, update. Returns the summed
-    loss and where the time went."""
+    """One epoch's ``steps`` steps: loss, backward, gradient exchange, update, updated rows shared.
+    Returns the summed loss and where the time went."""
     strategy.begin_epoch()
     strategy.model.train()
     loss_sum = torch.zeros((), dtype=torch.float64)
     clock = StepClock(wait_at_collectives=profile)
     batches = iter(loader)
+    in_flight: list = []  # the updated rows of the previous step, still travelling
     for step in range(steps):
-        batch = clock.lap("sample", next(batches))
+        batch = clock.lap("sample", next(batches))  # needs no weights: overlaps the transfers
+        clock.lap("share", [work.wait() for work in in_flight])
         set_lr(strategy.optimizers, scheduled_lr(o, (epoch + step / steps) / o.epochs))
         loss = clock.lap("forward", strategy.loss(batch))
         for opt in strategy.optimizers:
@@ -186,7 +188,9 @@ def train_steps(
         clock.wait()  # with run.profile: time spent waiting for the slowest worker, apart
         clock.lap("exchange", strategy.sync_gradients())
         clock.lap("optimizer", [opt.step() for opt in strategy.optimizers])
+        in_flight = clock.lap("share", strategy.share_parameters())
         loss_sum += loss.detach().cpu()
+    clock.lap("share", [work.wait() for work in in_flight])
     return loss_sum, clock
 
 
@@ -239,13 +243,14 @@ def report_epoch(
     shard (Ray merges the files into one folder)."""
     if report is None:
         return
+    optimizer_states = [opt.state_dict() for opt in strategy.optimizers]  # every rank: may be collective
     with tempfile.TemporaryDirectory() as tmp:
         folder = None
         if strategy.every_rank_checkpoints or dist.rank() == 0:
             folder = save_training_state(
                 Path(tmp),
                 model=strategy.model,
-                optimizers=strategy.optimizers,
+                optimizer_states=optimizer_states,
                 epoch=epoch,
                 history=history,
                 best=best,

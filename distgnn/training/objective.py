@@ -4,6 +4,7 @@ with the only collective being the optional sharing of softmax candidates across
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,13 +22,17 @@ from distgnn.nn.losses import (
     squared_error_loss,
 )
 from distgnn.nn.models import Recommender
+from distgnn.training.gradients import RowShardedSparseAdam
 
 
-def make_optimizers(model: nn.Module, lr: float) -> list[torch.optim.Optimizer]:
-    """SparseAdam for the embedding tables (sparse gradients), Adam for dense weights if any."""
+def make_optimizers(model: nn.Module, lr: float, *, row_sharded: bool = False) -> list[Any]:
+    """SparseAdam for the embedding tables (sparse gradients), Adam for dense weights if any. With
+    ``row_sharded`` the tables' SparseAdam is split by rows over the workers
+    (:class:`~distgnn.training.gradients.RowShardedSparseAdam`): the replicated strategy's tables."""
     sparse = [p for n, p in model.named_parameters() if n.endswith("embedding.weight")]
     dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.weight")]
-    opts: list[torch.optim.Optimizer] = [torch.optim.SparseAdam(sparse, lr=lr)]
+    tables = RowShardedSparseAdam(sparse, lr) if row_sharded else torch.optim.SparseAdam(sparse, lr=lr)
+    opts: list[Any] = [tables]
     if dense:
         opts.append(torch.optim.Adam(dense, lr=lr))
     return opts

@@ -461,6 +461,10 @@ class Partitioned:
             push_gradients(x, fetched, self.traffic)
         self.fetched = []
 
+    def share_parameters(self) -> list:
+        """Nothing to share: each part's rows live only with their owner."""
+        return []
+
     def epoch_stats(self, steps: int) -> dict:
         """The epoch's traffic per step and worker (collective)."""
         delta = {k: v - getattr(self.epoch_start, k) for k, v in self.traffic.as_dict().items()}

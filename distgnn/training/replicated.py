@@ -1,10 +1,12 @@
 """The replicated strategy: every worker memory-maps the whole graph and holds a full copy of the
-model; it trains on its own shard of the training edges; after ``backward`` the gradients are
-averaged over workers (the touched embedding rows and the dense weights, :mod:`.gradients`).
+model; it trains on its own shard of the training edges. After ``backward`` the dense weights'
+gradients are averaged over workers; the embedding tables' gradient rows go to the rows' owners,
+which update them and share the new rows (:mod:`.gradients`).
 
 What :func:`distgnn.training.loop.fit` asks of a strategy: ``model``, ``optimizers``,
-``make_loader``, ``loss``, ``sync_gradients``, ``evaluate``, ``baselines``, ``save_best``,
-``load_best``, ``begin_epoch`` and ``epoch_stats``. The partitioned strategy answers the same.
+``make_loader``, ``loss``, ``sync_gradients``, ``share_parameters``, ``evaluate``, ``baselines``,
+``save_best``, ``load_best``, ``begin_epoch`` and ``epoch_stats``. The partitioned strategy answers
+the same.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from distgnn.eval.protocol import eval_split, evaluate_job, evaluate_rating_base
 from distgnn.nn.loaders import link_loader, positive_draw_weights
 from distgnn.nn.models import exact_vectors, model_from_config, sampled_adjacency
 from distgnn.nn.sampler import make_sampler
-from distgnn.training.gradients import average_gradients
+from distgnn.training.gradients import average_dense
 from distgnn.training.objective import (
     candidate_log_q,
     contrastive_term,
@@ -64,7 +66,8 @@ class Replicated:
         if job.task == "rating":
             with torch.no_grad():  # start from the mean rating: the biases and dot products learn the rest
                 self.model.global_bias.fill_(float(self.graph.train_values("rating").mean()))
-        self.optimizers = make_optimizers(self.model, job.optim.lr)
+        # after .to(device): the row-sharded optimizer holds views of the tables' storage
+        self.optimizers = make_optimizers(self.model, job.optim.lr, row_sharded=True)
         self.eval_split = eval_split(self.graph)
         self.item_log_q: Tensor | None = None
 
@@ -138,7 +141,15 @@ class Replicated:
         return loss
 
     def sync_gradients(self) -> None:
-        average_gradients(self.model)
+        """Table gradients to their rows' owners; dense gradients averaged everywhere."""
+        tables, *dense = self.optimizers
+        tables.reduce_gradients()
+        average_dense([p for opt in dense for group in opt.param_groups for p in group["params"]])
+
+    def share_parameters(self) -> list:
+        """Start sending the rows each worker updated to every worker's copy of the tables;
+        returns the transfers in flight (``wait()`` before the next forward)."""
+        return self.optimizers[0].share_updated_rows()
 
     def epoch_stats(self, steps: int) -> dict:
         return {}
