@@ -51,8 +51,8 @@ def route_to_owners(ids: Tensor, values: Tensor, bounds: Tensor) -> tuple[Tensor
     owner = torch.bucketize(ids, bounds[1:-1].to(ids.device), right=True)
     order = torch.argsort(owner)
     counts = torch.bincount(owner, minlength=bounds.numel() - 1)
-    got_ids, got_counts = exchange(ids[order], counts)
-    got_values, _ = exchange(values[order], counts, recv_counts=got_counts)
+    got_ids, got_counts = exchange(ids.index_select(0, order), counts)
+    got_values, _ = exchange(values.index_select(0, order), counts, recv_counts=got_counts)
     return got_ids, got_values
 
 
