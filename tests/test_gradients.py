@@ -3,7 +3,6 @@ against DDP's sparse all-reduce + SparseAdam on gloo: the same gradients, the sa
 after training steps, the same optimizer state, and checkpoints that resume on any number of
 workers."""
 
-import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -93,17 +92,23 @@ def assert_same(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=1e-6, msg=str(key))
 
 
-@pytest.mark.parametrize(
-    "size, small_table, blocks",
-    [
-        (20, 0, False),  # 2 x 20 rows < 60: rows go to their owners one by one
-        (45, 0, True),  # 2 x 45 > 60: whole blocks
-        (20, gradients.SMALL_TABLE, True),  # a small table: whole blocks whatever the rows
-    ],
-)
-def test_row_sharded_update_equals_ddp_sparse_all_reduce(size, small_table, blocks):
-    for name in ("lightgcn", "sage"):  # sage: dense weights too; both: a sparse item-bias table
-        for grads, params, (our_state, ddp_state), dense in run_on_two_ranks(_compare, name, size, small_table):
+CASES = [  # (rows per rank, small-table limit, whether the id table travels as whole blocks)
+    (20, 0, False),  # 2 x 20 rows < 60: rows go to their owners one by one
+    (45, 0, True),  # 2 x 45 > 60: whole blocks
+    (20, gradients.SMALL_TABLE, True),  # a small table: whole blocks whatever the rows
+]
+MODELS = ("lightgcn", "sage")  # sage: dense weights too; both: a sparse item-bias table
+
+
+def _compare_all(rank):
+    """Every case in one pair of processes (each start costs seconds of imports)."""
+    return [_compare(rank, name, size, small_table) for size, small_table, _ in CASES for name in MODELS]
+
+
+def test_row_sharded_update_equals_ddp_sparse_all_reduce():
+    cases = [(size, blocks) for size, _, blocks in CASES for _ in MODELS]
+    for rank_results in run_on_two_ranks(_compare_all):
+        for (grads, params, (our_state, ddp_state), dense), (size, blocks) in zip(rank_results, cases, strict=True):
             assert dense[0] == blocks  # the id table took the path its size calls for
             for ours, theirs in grads:
                 assert_same(ours, theirs)
@@ -118,7 +123,7 @@ def test_row_sharded_update_equals_ddp_sparse_all_reduce(size, small_table, bloc
 
 
 def _untouched_table(rank, small_table):
-    gradients.SMALL_TABLE = small_table
+    gradients.SMALL_TABLE = small_table  # 0: rows one by one; the default: whole blocks
     model = make_model("lightgcn")
     opts = make_optimizers(model, 0.1, row_sharded=True)
     if rank == 0:  # rank 1 touches nothing of the bias table: the collectives must still match
@@ -135,9 +140,17 @@ def _untouched_table(rank, small_table):
     return grads, model.bias_embedding.weight.detach().clone(), steps
 
 
-@pytest.mark.parametrize("small_table", [0, gradients.SMALL_TABLE])  # rows one by one, whole blocks
-def test_a_table_one_rank_did_not_touch_still_averages_and_steps_everywhere(small_table):
-    (grads0, bias0, steps0), (grads1, bias1, steps1) = run_on_two_ranks(_untouched_table, small_table)
+def _untouched_table_both_paths(rank):
+    return [_untouched_table(rank, small_table) for small_table in (0, gradients.SMALL_TABLE)]
+
+
+def test_a_table_one_rank_did_not_touch_still_averages_and_steps_everywhere():
+    rank0, rank1 = run_on_two_ranks(_untouched_table_both_paths)
+    for path in range(2):
+        check_untouched_table(*rank0[path], *rank1[path])
+
+
+def check_untouched_table(grads0, bias0, steps0, grads1, bias1, steps1):
     torch.testing.assert_close(bias0, bias1)  # the update of rank 1's row 40 reached rank 0, and back
     start = make_model("lightgcn").bias_embedding.weight.detach()
     assert torch.nonzero((bias0 != start).any(1)).flatten().tolist() == [3, 4, 40]
