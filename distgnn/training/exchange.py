@@ -78,7 +78,11 @@ def exchange(
 def group_by_owner(nodes: Tensor, node_part: Tensor, world_size: int) -> tuple[Tensor, Tensor]:
     """``(order, counts)``: ``nodes[order]`` lists rank 0's nodes first, then rank 1's, ...; ``counts
     [P]`` how many each rank owns. Stable, so each rank's nodes keep their order."""
-    owner = node_part.index_select(0, nodes).long()
+    return group_by_rank(node_part.index_select(0, nodes).long(), world_size)
+
+
+def group_by_rank(owner: Tensor, world_size: int) -> tuple[Tensor, Tensor]:
+    """:func:`group_by_owner` from each entry's owning rank ``owner [n]``."""
     return torch.argsort(owner, stable=True), torch.bincount(owner, minlength=world_size)
 
 

@@ -32,7 +32,7 @@ import torch.distributed as tdist
 from torch import Tensor, nn
 
 from distgnn.core import dist
-from distgnn.training.exchange import exchange
+from distgnn.training.exchange import exchange, group_by_rank
 
 # Tables of at most this many numbers (1 MiB of float32) always travel as whole blocks: at that
 # size a collective's latency costs more than its bytes, and the blocked path needs fewer of them.
@@ -49,8 +49,7 @@ def route_to_owners(ids: Tensor, values: Tensor, bounds: Tensor) -> tuple[Tensor
     """Send gradient rows (``ids [n]`` with ``values [n, d]``, repeats allowed) to the workers that
     own them; returns the ``(ids, values)`` every worker sent to this one. Collective."""
     owner = torch.bucketize(ids, bounds[1:-1].to(ids.device), right=True)
-    order = torch.argsort(owner)
-    counts = torch.bincount(owner, minlength=bounds.numel() - 1)
+    order, counts = group_by_rank(owner, bounds.numel() - 1)
     got_ids, got_counts = exchange(ids.index_select(0, order), counts)
     got_values, _ = exchange(values.index_select(0, order), counts, recv_counts=got_counts)
     return got_ids, got_values
@@ -101,6 +100,7 @@ class RowShardedSparseAdam:
         self.tables = tables
         self.bounds = [row_bounds(t.shape[0], world) for t in tables]
         self.blocks = [(int(b[rank]), int(b[rank + 1])) for b in self.bounds]
+        self.block_sizes = [(b[1:] - b[:-1]).tolist() for b in self.bounds]  # every rank's, per table
         # views of the owned rows: SparseAdam's in-place update lands in the tables themselves
         self.shards = [nn.Parameter(t.detach()[lo:hi]) for t, (lo, hi) in zip(tables, self.blocks)]
         self.inner = torch.optim.SparseAdam(self.shards, lr=lr)
@@ -129,6 +129,10 @@ class RowShardedSparseAdam:
         column): then each worker sums its rows into a table-sized buffer first and sends each owner
         its whole block, which moves fewer bytes, or takes fewer collectives."""
         world = dist.world_size()
+        if world == 1:
+            for table, shard in zip(self.tables, self.shards):
+                shard.grad, table.grad = table.grad, None  # the whole table is the block
+            return
         grads = []
         for table in self.tables:
             grad, table.grad = table.grad, None
@@ -139,10 +143,6 @@ class RowShardedSparseAdam:
                     table.shape,
                 )
             grads.append(grad)
-        if world == 1:
-            for shard, grad in zip(self.shards, grads):
-                shard.grad = grad if grad._nnz() else None  # the whole table is the block
-            return
         # one small all-reduce decides, for every table at once, which way its rows travel
         counts = torch.tensor([g._nnz() for g in grads], dtype=torch.long, device=self.tables[0].device)
         tdist.all_reduce(counts)
@@ -164,7 +164,7 @@ class RowShardedSparseAdam:
         worker touched."""
         table, world = self.tables[index], dist.world_size()
         lo, hi = self.blocks[index]
-        sizes = (self.bounds[index][1:] - self.bounds[index][:-1]).tolist()
+        sizes = self.block_sizes[index]
         summed = self.buffer(index, "summed", tuple(table.shape), table)
         summed.zero_()
         summed.index_add_(0, ids, values)
@@ -195,7 +195,7 @@ class RowShardedSparseAdam:
             return in_flight
         for i, (table, shard, (lo, _)) in enumerate(zip(self.tables, self.shards, self.blocks)):
             if self.dense[i]:
-                sizes = (self.bounds[i][1:] - self.bounds[i][:-1]).tolist()
+                sizes = self.block_sizes[i]
                 copies = self.buffer(i, "copies", (world * shard.shape[0], shard.shape[1]), table)
                 copies.view(world, *shard.shape).copy_(shard.detach().expand(world, -1, -1))
                 # straight into the table: block r of the output is rank r's rows
