@@ -35,17 +35,28 @@ def make_model(name: str):
     return build_model(name, num_nodes=NUM_NODES, dim=DIM, num_layers=2, features=features, item_bias=True)
 
 
-def loss_of(model, n_id, adj_t):
+def loss_of(model, n_id, adj_t, repeat: bool):
+    """repeat: look half the rows up a second time (as a penalty term would), so that the table's
+    gradient holds some rows twice; without it, each row once (the exchange then copies rows)."""
     out = model(n_id, adj_t)
-    bias = model.item_bias(n_id) if not isinstance(model, DistributedDataParallel) else model.module.item_bias(n_id)
-    return (out.pow(2).sum(-1) * torch.arange(1.0, n_id.numel() + 1.0)).mean() + bias.sum()
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    loss = (out.pow(2).sum(-1) * torch.arange(1.0, n_id.numel() + 1.0)).mean() + inner.item_bias(n_id).sum()
+    if repeat:
+        loss = loss + 0.3 * inner.ego(n_id[: n_id.numel() // 2].repeat(2)).pow(2).sum()
+    return loss
 
 
-def train_step(model, opts, n_id, adj_t, *, ours: bool):
+def most_lookups(model) -> int:
+    """How many times the id table's most repeated gradient row appears (before the exchange)."""
+    return int(torch.bincount(model.embedding.weight.grad._indices()[0]).max())
+
+
+def train_step(model, opts, n_id, adj_t, *, ours: bool, repeat: bool = False):
     """One step; ours: the row-sharded path (no DDP), as the replicated strategy runs it."""
     for opt in opts:
         opt.zero_grad()
-    loss_of(model, n_id, adj_t).backward()
+    loss_of(model, n_id, adj_t, repeat).backward()
+    repeats = most_lookups(model) if ours else 0
     if ours:
         tables, *dense = opts
         tables.reduce_gradients()
@@ -55,6 +66,7 @@ def train_step(model, opts, n_id, adj_t, *, ours: bool):
     if ours:
         for work in opts[0].share_updated_rows():
             work.wait()
+    return repeats
 
 
 def block_gradients(opts) -> dict[int, torch.Tensor]:
@@ -75,15 +87,15 @@ def _compare(rank, name, size, small_table):
     ddp_model = DistributedDataParallel(make_model(name))  # gloo: sparse all-reduce of the tables
     ours = make_model(name)
     ddp_opts, our_opts = make_optimizers(ddp_model.module, 0.05), make_optimizers(ours, 0.05, row_sharded=True)
-    grads, params = [], []
+    grads, params, repeats = [], [], []
     for step in range(3):
         n_id, adj_t = subgraph(rank, step, size)
-        train_step(ddp_model, ddp_opts, n_id, adj_t, ours=False)
-        train_step(ours, our_opts, n_id, adj_t, ours=True)
+        train_step(ddp_model, ddp_opts, n_id, adj_t, ours=False, repeat=step == 1)
+        repeats.append(train_step(ours, our_opts, n_id, adj_t, ours=True, repeat=step == 1))
         grads.append((block_gradients(our_opts), ddp_block_gradients(ddp_model.module, ddp_opts, rank)))
         params.append(tuple({n: p.detach().clone() for n, p in m.named_parameters()} for m in (ours, ddp_model.module)))
     states = (our_opts[0].state_dict(), ddp_opts[0].state_dict())
-    return grads, params, states, our_opts[0].dense
+    return grads, params, states, our_opts[0].dense, repeats
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -108,8 +120,11 @@ def _compare_all(rank):
 def test_row_sharded_update_equals_ddp_sparse_all_reduce():
     cases = [(size, blocks) for size, _, blocks in CASES for _ in MODELS]
     for rank_results in run_on_two_ranks(_compare_all):
-        for (grads, params, (our_state, ddp_state), dense), (size, blocks) in zip(rank_results, cases, strict=True):
+        for (grads, params, (our_state, ddp_state), dense, repeats), (size, blocks) in zip(
+            rank_results, cases, strict=True
+        ):
             assert dense[0] == blocks  # the id table took the path its size calls for
+            assert repeats == [1, 2, 1]  # rows once (copied into the blocks), then some twice (added)
             for ours, theirs in grads:
                 assert_same(ours, theirs)
                 # the rows other ranks touched arrived: the block's gradient is not this rank's alone

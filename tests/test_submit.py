@@ -168,6 +168,9 @@ def test_submit_train_then_export(ray_head, tmp_path):
             "0.5",
         )
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+        # a loopback-only head (launch/start_cluster.sh) runs jobs without the preemption watcher,
+        # whose restart warning would be a Ray error line in the job's log
+        assert "PreemptionWatcher" not in done.stdout + done.stderr, done.stdout[-4000:]
         run = PROJECT / output_dir / "submit-test"
         for name in ("model.pt", "config.yaml", "results.json", "metrics.jsonl"):
             assert (run / name).is_file(), f"{run / name} missing"

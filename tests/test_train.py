@@ -1,4 +1,5 @@
 import json
+import math
 import sys
 
 import pytest
@@ -14,7 +15,7 @@ from distgnn.core.rundir import create_run_dir, read_history
 from distgnn.data.graph import load_graph
 from distgnn.nn.loaders import WeightedIndices, edge_draw_weights, positive_draw_weights
 from distgnn.nn.losses import info_nce
-from distgnn.nn.models import sampled_adjacency
+from distgnn.nn.models import LightGCN, sampled_adjacency
 from distgnn.training.launcher import launch
 from distgnn.training.launcher import train_in_process as train_loop
 from distgnn.training.loop import scheduled_lr
@@ -90,6 +91,7 @@ def test_trained_model_beats_popularity_on_planted_data(tiny_graph, tmp_path, mo
         {"optim.hard_negative_pool": 8, "optim.num_negatives": 2},
         {"optim.contrastive_weight": 0.1},
         {"sampler.num_workers": 1},  # the next batches sampled in a loader process
+        {"optim.mixed_precision": "bf16"},
     ],
 )
 def test_loss_and_schedule_options_still_learn(tiny_graph, tmp_path, overrides):
@@ -143,6 +145,32 @@ def test_options_reach_the_training_step(tiny_graph, tmp_path, monkeypatch, on):
     assert rates == pytest.approx([scheduled_lr(job.optim, k / steps) for k in range(steps)])
     assert (rates[-1] < 0.005) if on else (set(rates) == {0.02})
     assert len(orders) == 1 and isinstance(orders[0][2], WeightedIndices) == on
+
+
+@pytest.mark.parametrize("precision", ["off", "bf16"])
+def test_mixed_precision_scores_in_bfloat16_and_propagates_in_float32(tiny_graph, tmp_path, monkeypatch, precision):
+    overrides = {"optim.epochs": 1, "optim.max_steps_per_epoch": 2, "optim.mixed_precision": precision}
+    job = tiny_job(tiny_graph, **overrides)
+    losses, layers = [], []  # per training step: the autocast dtype the loss ran under; layer outputs' dtypes
+    real_loss, real_layer = distgnn.training.objective.sampled_softmax_loss, LightGCN.layer
+
+    def loss(*args, **kwargs):
+        on = torch.is_autocast_enabled("cpu")
+        losses.append(torch.get_autocast_dtype("cpu") if on else torch.float32)
+        return real_loss(*args, **kwargs)
+
+    def layer(self, *args):
+        result = real_layer(self, *args)
+        if self.training:  # not evaluation's full-graph layers
+            layers.append(result.dtype)
+        return result
+
+    monkeypatch.setattr(distgnn.training.objective, "sampled_softmax_loss", loss)
+    monkeypatch.setattr(LightGCN, "layer", layer)
+    results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
+    assert losses == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2
+    assert layers == [torch.float32] * 2 * job.model.num_layers
+    assert math.isfinite(results["test"]["recall@20"])
 
 
 def test_contrastive_term_without_noise_is_infonce_of_the_clean_outputs(tiny_graph):

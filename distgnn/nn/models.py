@@ -117,6 +117,12 @@ class Recommender(nn.Module):
         """Layer-0 id embeddings ``[n, dim]`` (what the L2 penalty regularises)."""
         return self.embedding(n_id)
 
+    @property
+    def inputs_are_ego(self) -> bool:
+        """Whether :meth:`inputs` is :meth:`ego` (id embeddings only): then the penalty can take its
+        rows from the inputs already gathered, and the table's gradient holds each row once."""
+        return True
+
     def inputs(self, n_id: Tensor) -> Tensor:
         """``[n, dim]`` input of the first layer."""
         return self.embedding(n_id)
@@ -162,6 +168,10 @@ class Recommender(nn.Module):
         ``noise > 0`` perturbs each layer's output as SimGCL does: ``x + noise * sign(x) * r / |r|``,
         ``r`` uniform in [0, 1)^d, so a row moves by ``noise`` within its own orthant.
         """
+        with torch.autocast(x.device.type, enabled=False):  # float32: see optim.mixed_precision
+            return self._propagate(x.float(), adj_t, hop_sizes, noise)
+
+    def _propagate(self, x: Tensor, adj_t: Tensor | None, hop_sizes: list[int] | None, noise: float) -> Tensor:
         num_nodes = x.shape[0]
         reach = torch.tensor(hop_sizes).cumsum(0).tolist() if hop_sizes is not None else None
         seeds = reach[0] if reach is not None else num_nodes
@@ -257,6 +267,10 @@ class BipartiteSAGE(Recommender):
         self.register_buffer("features", features, persistent=False)
         self.feature_proj = nn.Linear(features.shape[1], dim) if features is not None else None
         self.convs = nn.ModuleList(SAGEConv(dim, dim, aggr="mean") for _ in range(num_layers))
+
+    @property
+    def inputs_are_ego(self) -> bool:
+        return self.feature_proj is None
 
     def inputs(self, n_id: Tensor) -> Tensor:
         x = self.embedding(n_id)

@@ -165,19 +165,25 @@ class RowShardedSparseAdam:
         table, world = self.tables[index], dist.world_size()
         lo, hi = self.blocks[index]
         sizes = self.block_sizes[index]
+        lookups = torch.bincount(ids, minlength=table.shape[0])
         summed = self.buffer(index, "summed", tuple(table.shape), table)
         summed.zero_()
-        summed.index_add_(0, ids, values)
+        if int(lookups.max()) <= 1:  # each row once (a subgraph's nodes): a copy, ~2x faster than an add
+            summed.index_copy_(0, ids, values)
+        else:
+            summed.index_add_(0, ids, values)
         received = self.buffer(index, "received", (world * (hi - lo), table.shape[1]), table)
         tdist.all_to_all_single(received, summed, [hi - lo] * world, sizes)
-        lookups = torch.bincount(ids, minlength=table.shape[0])
         received_lookups = lookups.new_empty(world * (hi - lo))
         tdist.all_to_all_single(received_lookups, lookups, [hi - lo] * world, sizes)
         rows = torch.nonzero(received_lookups.view(world, -1).sum(0)).flatten()  # sorted, unique: coalesced
-        block = received.view(world, hi - lo, -1).sum(0)
-        return torch.sparse_coo_tensor(
-            rows[None], block.index_select(0, rows) / world, (hi - lo, table.shape[1]), is_coalesced=True
-        )
+        # the touched rows of each worker's block, added up: fewer bytes than adding whole blocks
+        blocks = received.view(world, hi - lo, -1)
+        average = blocks[0].index_select(0, rows)
+        for block in blocks[1:]:
+            average += block.index_select(0, rows)
+        average /= world
+        return torch.sparse_coo_tensor(rows[None], average, (hi - lo, table.shape[1]), is_coalesced=True)
 
     def step(self) -> None:
         """Update this worker's rows (SparseAdam on its blocks)."""

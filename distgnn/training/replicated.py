@@ -125,9 +125,15 @@ class Replicated:
         out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
         if self.job.task == "rating":
             return rating_loss(model, out, batch, self.ratings, o)
+
+        def ego(local: Tensor) -> Tensor:
+            # the inputs' rows when they are the id embeddings: no second lookup, so the table's
+            # gradient holds each row once (the exchange copies rows instead of adding them)
+            return x[local.to(device)] if model.inputs_are_ego else model.ego(n_id[local].to(device))
+
         loss = link_loss(
             out,
-            lambda local: model.ego(n_id[local].to(device)),
+            ego,
             batch,
             o,
             self.item_log_q,
