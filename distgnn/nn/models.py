@@ -169,21 +169,19 @@ class Recommender(nn.Module):
         ``r`` uniform in [0, 1)^d, so a row moves by ``noise`` within its own orthant.
         """
         with torch.autocast(x.device.type, enabled=False):  # float32: see optim.mixed_precision
-            return self._propagate(x.float(), adj_t, hop_sizes, noise)
-
-    def _propagate(self, x: Tensor, adj_t: Tensor | None, hop_sizes: list[int] | None, noise: float) -> Tensor:
-        num_nodes = x.shape[0]
-        reach = torch.tensor(hop_sizes).cumsum(0).tolist() if hop_sizes is not None else None
-        seeds = reach[0] if reach is not None else num_nodes
-        out = self.readout(None, x[:seeds])
-        for index in range(self.num_layers):
-            rows = reach[self.num_layers - 1 - index] if reach is not None else num_nodes
-            a = trim_rows(adj_t, rows, x.shape[0]) if rows < adj_t.shape[0] else adj_t
-            x = self.layer(index, x, a, x[:rows])
-            if noise:
-                x = x + noise * torch.sign(x) * torch.nn.functional.normalize(torch.rand_like(x), dim=-1)
-            out = self.readout(out, x[:seeds])
-        return out
+            x = x.float()  # whatever dtype autocast gave the inputs (a feature projection runs under it)
+            num_nodes = x.shape[0]
+            reach = torch.tensor(hop_sizes).cumsum(0).tolist() if hop_sizes is not None else None
+            seeds = reach[0] if reach is not None else num_nodes
+            out = self.readout(None, x[:seeds])
+            for index in range(self.num_layers):
+                rows = reach[self.num_layers - 1 - index] if reach is not None else num_nodes
+                a = trim_rows(adj_t, rows, x.shape[0]) if rows < adj_t.shape[0] else adj_t
+                x = self.layer(index, x, a, x[:rows])
+                if noise:
+                    x = x + noise * torch.sign(x) * torch.nn.functional.normalize(torch.rand_like(x), dim=-1)
+                out = self.readout(out, x[:seeds])
+            return out
 
     def forward(self, n_id: Tensor, adj_t: Tensor | None, hop_sizes: list[int] | None = None) -> Tensor:
         return self.propagate(self.inputs(n_id), adj_t, hop_sizes)
