@@ -168,8 +168,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_rate, ax_split) = plt.subplots(1, 2, figsize=(11, 4))
-    for kind in sorted({r["tag"].rsplit("-w", 1)[0] for r in rows}):
-        mine = [r for r in rows if r["tag"].startswith(kind + "-w")]
+    for kind in sorted({kind_of(r) for r in rows}):
+        mine = [r for r in rows if kind_of(r) == kind]
         label = f"{kind}: {LAUNCHERS[mine[0].get('launcher', 'ray')]}"
         ax_rate.plot([r["workers"] for r in mine], [r["edges_per_s"] for r in mine], marker="o", label=label)
     ax_rate.set(xlabel="workers (1 thread each)", ylabel="positive edges / s", title="throughput")

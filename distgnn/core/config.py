@@ -355,7 +355,7 @@ class OptimConfig:
         "bf16: the loss and scoring (the dense products of outputs with candidates, NCF's MLP) run "
         "under torch.autocast in bfloat16, which tensor cores speed up on GPU; message passing, "
         "the tables and the optimizer stay float32 (sparse products have no bfloat16 kernel on "
-        "CPU and are bound by memory). Works on CPU too, where it is usually slower; off = float32",
+        "CPU and are bound by memory). Works on CPU too; off = float32",
         choices=("off", "bf16"),
     )
     batch_size: int = opt(2048, "training edges per step per worker")

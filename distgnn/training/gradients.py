@@ -168,7 +168,7 @@ class RowShardedSparseAdam:
         lookups = torch.bincount(ids, minlength=table.shape[0])
         summed = self.buffer(index, "summed", tuple(table.shape), table)
         summed.zero_()
-        if int(lookups.max()) <= 1:  # each row once (a subgraph's nodes): a copy, ~2x faster than an add
+        if int(lookups.max()) <= 1:  # each row once (a subgraph's nodes): a copy, cheaper than an add
             summed.index_copy_(0, ids, values)
         else:
             summed.index_add_(0, ids, values)
