@@ -19,6 +19,7 @@ import torch
 
 from distgnn.core.checkpoint import load_checked, save_checked
 from distgnn.core.rundir import create_run_dir, read_history
+from distgnn.data.graph import load_graph
 from distgnn.training.launcher import launch
 
 from test_train import tiny_job, tiny_train_command
@@ -61,7 +62,12 @@ def kill_a_worker_mid_epoch(run_dir: Path, done: threading.Event, killed: list) 
 @pytest.mark.slow
 def test_a_worker_sigkilled_mid_epoch_is_replaced_and_no_epoch_is_lost_or_repeated(tiny_graph, tmp_path, ray_session):
     job = tiny_job(tiny_graph, **{"optim.epochs": EPOCHS, "cluster.num_workers": 2, "cluster.max_failures": 2})
-    clean = launch(job, create_run_dir(job, str(tmp_path), "clean"))
+    clean_dir = create_run_dir(job, str(tmp_path), "clean")
+    clean = launch(job, clean_dir)
+    # two real Ray Train workers learn, and reduce their metrics as sums over both ranks' users
+    assert clean["test"]["num_users"] == int((load_graph(tiny_graph).test.counts > 0).sum())
+    assert clean["test"]["recall@20"] > 1.4 * clean["popularity_test"]["recall@20"]
+    assert json.loads((clean_dir / "results.json").read_text())["test"] == clean["test"]
 
     run_dir = create_run_dir(job, str(tmp_path), "killed")
     done, killed = threading.Event(), []

@@ -1,4 +1,3 @@
-import json
 import math
 import sys
 
@@ -16,7 +15,6 @@ from distgnn.data.graph import load_graph
 from distgnn.nn.loaders import WeightedIndices, edge_draw_weights, positive_draw_weights
 from distgnn.nn.losses import info_nce
 from distgnn.nn.models import LightGCN, sampled_adjacency
-from distgnn.training.launcher import launch
 from distgnn.training.launcher import train_in_process as train_loop
 from distgnn.training.loop import scheduled_lr
 from distgnn.training.objective import candidate_log_q, contrastive_term, positive_cells
@@ -263,40 +261,6 @@ def test_bad_fanout_length_is_a_config_error(tiny_graph, tmp_path):
     job = tiny_job(tiny_graph, **{"model.item_bias": True, "optim.loss": "bpr"})
     with pytest.raises(ValueError, match="model.item_bias"):
         train_loop(job, create_run_dir(job, str(tmp_path), "run2"))
-
-
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.mark.slow
-def test_two_ray_workers_survive_a_crash_and_finish(tiny_graph, tmp_path, ray_session):
-    """Real Ray Train + DDP over gloo with 2 workers; worker 0 dies in epoch 2 and the run resumes
-    from the last checkpoint, ending with every epoch recorded exactly once."""
-    job = tiny_job(
-        tiny_graph,
-        **{
-            "optim.epochs": 4,
-            "run.crash_at_epoch": 2,
-            "cluster.num_workers": 2,
-            "cluster.threads_per_worker": 1,
-            "cluster.cpus_per_worker": 1,
-        },
-    )
-    run_dir = create_run_dir(job, str(tmp_path), "run")
-    results = launch(job, run_dir)
-    assert (run_dir / ".crashed-once").exists()
-    history = read_history(run_dir)
-    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
-    g = load_graph(tiny_graph)
-    # metrics are reduced as sums over both ranks' users, not averaged per rank
-    assert results["test"]["num_users"] == int((g.test.counts > 0).sum())
-    assert results["test"]["recall@20"] > 1.4 * results["popularity_test"]["recall@20"]
-    assert json.loads((run_dir / "results.json").read_text())["test"] == results["test"]
 
 
 def test_time_budget_stops_before_an_epoch_would_overrun():

@@ -303,6 +303,14 @@ class SamplerConfig:
         "Not with cluster.partitioned: its sampling is a collective of all workers",
         minimum=0,
     )
+    device: str = opt(
+        "auto",
+        "where the replicated strategy keeps the graph and samples: auto = on the training GPU when "
+        "the graph's CSR takes at most a quarter of its free memory and sampler.num_workers is 0 "
+        "(batches then never cross PCIe), else on the CPU, with pinned batches copied without "
+        "blocking; cpu = always on the CPU. Without a GPU both are the CPU",
+        choices=("auto", "cpu"),
+    )
 
 
 @dataclass(frozen=True)

@@ -88,17 +88,19 @@ def link_loader(
     edge_weight: Tensor | None = None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    device: torch.device = torch.device("cpu"),
 ) -> LinkLoader:
     """PyG's LinkLoader over ``edge_label_index [2, E]`` (user node, item node) with ``num_negatives``
     triplet negatives per positive (0: none, the batch's ``edge_label_index`` holds its pairs),
     driven by ``sampler``; every batch is full (``drop_last``). Each batch's ``input_id`` indexes
     its edges in ``edge_label_index`` (to look up their ratings). ``edge_weight [E]`` draws edges in
     proportion to it. ``num_workers > 0`` samples in that many background processes, two batches
-    ahead each."""
+    ahead each. ``device`` is where the sampler returns its tensors (:attr:`NeighborSampler.device`);
+    ``pin_memory`` pins CPU batches for non-blocking copies to a GPU."""
     prefetch = {"num_workers": num_workers, "persistent_workers": True, "prefetch_factor": 2} if num_workers else {}
     # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
-    # sampled one.
-    data = Data(num_nodes=num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long))
+    # sampled one, which PyG moves to this placeholder's device.
+    data = Data(num_nodes=num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long, device=device))
     return LinkLoader(
         data,
         link_sampler=sampler,
@@ -107,7 +109,7 @@ def link_loader(
         batch_size=batch_size,
         sampler=edge_order(edge_label_index, edge_sampling, edge_weight),
         drop_last=True,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory and device.type == "cpu",
         # what PyG infers for in-memory data; inferring it logs through logging.debug(), which
         # installs a root handler and then prints every distgnn line twice in one process
         filter_per_worker=False,

@@ -8,6 +8,7 @@ and the whole graph (layer by layer, :func:`full_graph_embeddings`) in evaluatio
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import torch
@@ -49,7 +50,7 @@ def sampled_adjacency(n_id: Tensor, row: Tensor, col: Tensor, degree: Tensor) ->
     row, col = row[perm], col[perm]
     counts = torch.bincount(col, minlength=n)
     weight = lightgcn_edge_weight(degree, n_id[row], n_id[col], counts[col])
-    crow = torch.zeros(n + 1, dtype=torch.long)
+    crow = torch.zeros(n + 1, dtype=torch.long, device=n_id.device)
     torch.cumsum(counts, 0, out=crow[1:])
     return torch.sparse_csr_tensor(crow, row, weight, (n, n))
 
@@ -63,10 +64,10 @@ def full_adjacency(indptr: Tensor, indices: Tensor, *, rows: Tensor | None = Non
     num_nodes = degree.numel()
     if rows is None:
         crow, col = indptr, indices
-        dst = torch.repeat_interleave(torch.arange(num_nodes), degree)
+        dst = torch.repeat_interleave(torch.arange(num_nodes, device=indptr.device), degree)
     else:
         segment, position = csr_row_positions(indptr, rows)
-        crow = torch.zeros(rows.numel() + 1, dtype=torch.long)
+        crow = torch.zeros(rows.numel() + 1, dtype=torch.long, device=indptr.device)
         torch.cumsum(degree[rows], 0, out=crow[1:])
         col, dst = indices[position], rows[segment]
     weight = lightgcn_edge_weight(degree, col, dst, degree[dst])
@@ -171,7 +172,7 @@ class Recommender(nn.Module):
         with torch.autocast(x.device.type, enabled=False):  # float32: see optim.mixed_precision
             x = x.float()  # whatever dtype autocast gave the inputs (a feature projection runs under it)
             num_nodes = x.shape[0]
-            reach = torch.tensor(hop_sizes).cumsum(0).tolist() if hop_sizes is not None else None
+            reach = list(itertools.accumulate(hop_sizes)) if hop_sizes is not None else None
             seeds = reach[0] if reach is not None else num_nodes
             out = self.readout(None, x[:seeds])
             for index in range(self.num_layers):
@@ -352,7 +353,7 @@ def full_graph_embeddings(
     chunks = [(layer, start) for layer in range(model.num_layers) for start in range(0, num_nodes, chunk_size)]
     nxt = torch.empty_like(x)
     for layer, start in tqdm(chunks, desc="layer-wise inference", unit="chunk", disable=not progress):
-        rows = torch.arange(start, min(start + chunk_size, num_nodes))
+        rows = torch.arange(start, min(start + chunk_size, num_nodes), device=indptr.device)
         adj_t = full_adjacency(indptr, indices, rows=rows).to(device)
         nxt[start : start + rows.numel()] = model.layer(layer, x, adj_t, x[start : start + rows.numel()])
         if start + chunk_size >= num_nodes:  # layer complete: it becomes the next layer's input

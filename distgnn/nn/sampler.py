@@ -102,12 +102,13 @@ def sample_neighbors(
     if k < 0:
         return csr_row_positions(indptr, nodes)
     # index_select rather than x[idx]: 5-10x faster for 1-D gathers in torch 2.13 (measured)
+    device = indptr.device
     start = indptr.index_select(0, nodes)
     deg = indptr.index_select(0, nodes + 1) - start
-    arange_n = torch.arange(nodes.numel())
+    arange_n = torch.arange(nodes.numel(), device=device)
     if replace:
         segment = torch.repeat_interleave(arange_n, torch.where(deg > 0, k, 0))
-        draw = torch.rand(segment.numel(), dtype=torch.float64, generator=generator)
+        draw = torch.rand(segment.numel(), dtype=torch.float64, generator=generator, device=device)
         offset = (draw * deg.index_select(0, segment)).long()
         return segment, start.index_select(0, segment) + offset
 
@@ -115,10 +116,10 @@ def sample_neighbors(
     segment = torch.repeat_interleave(arange_n, count)
     first_slot = torch.cumsum(count, 0) - count
     # Rows with deg <= k are taken whole: slot s of the output holds start + (s - first_slot).
-    position = (start - first_slot).index_select(0, segment) + torch.arange(segment.numel())
+    position = (start - first_slot).index_select(0, segment) + torch.arange(segment.numel(), device=device)
     big = (deg > k).nonzero().view(-1)
     if big.numel() > 0 and k > 0:
-        slots = first_slot.index_select(0, big).view(1, -1) + torch.arange(k).view(-1, 1)  # [k, n_big]
+        slots = first_slot.index_select(0, big).view(1, -1) + torch.arange(k, device=device).view(-1, 1)  # [k, n_big]
         floyd = _floyd_sample(deg.index_select(0, big), k, generator=generator)
         picked = start.index_select(0, big).view(1, -1) + floyd
         position.index_copy_(0, slots.view(-1), picked.view(-1))
@@ -133,9 +134,10 @@ def _floyd_sample(deg: Tensor, k: int, *, generator: torch.Generator | None) -> 
     ``k``-subsets and costs O(k^2) per row whatever the degree, so hub items of degree 10^4 cost the
     same as a row of degree k+1. Vectorised over rows, looped over the k draws.
     """
-    top = deg.view(1, -1) - k + torch.arange(k).view(-1, 1)  # [k, n]: draw i is uniform in 0..top[i]
+    top = deg.view(1, -1) - k + torch.arange(k, device=deg.device).view(-1, 1)  # [k, n]: draw i is uniform in 0..top[i]
     # float64 draws: the floor(u * m) rounding bias is ~m / 2^53, far below sampling noise
-    taken = (torch.rand(k, deg.numel(), dtype=torch.float64, generator=generator) * (top + 1)).long()
+    draws = torch.rand(k, deg.numel(), dtype=torch.float64, generator=generator, device=deg.device)
+    taken = (draws * (top + 1)).long()
     for i in range(1, k):
         # an OR over pairwise compares beats (taken[:i] == taken[i]).any(0) by ~1.5x (measured)
         seen = taken[0] == taken[i]
@@ -178,7 +180,7 @@ def sample_subgraph(
         ``num_sampled_nodes`` (``len(num_neighbors) + 1`` counts) and ``num_sampled_edges``.
     """
     if node_map is None:
-        node_map = torch.full((indptr.numel() - 1,), -1, dtype=torch.long)
+        node_map = torch.full((indptr.numel() - 1,), -1, dtype=torch.long, device=indptr.device)
 
     def neighbors(frontier: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         segment, position = sample_neighbors(indptr, indices, frontier, k, replace=replace, generator=generator)
@@ -217,9 +219,9 @@ def _expand(
     neighbors: Callable[[Tensor, int], tuple[Tensor, Tensor, Tensor]],
     node_map: Tensor,
 ) -> SamplerOutput:
-    num_seeds = seeds.numel()
-    node_map[seeds] = torch.arange(num_seeds)
-    if not bool((node_map[seeds] == torch.arange(num_seeds)).all()):
+    num_seeds, device = seeds.numel(), node_map.device
+    node_map[seeds] = torch.arange(num_seeds, device=device)
+    if not bool((node_map[seeds] == torch.arange(num_seeds, device=device)).all()):
         raise ValueError("sample_subgraph: seeds must be distinct node ids")
 
     nodes, rows, cols, edges = [seeds], [], [], []
@@ -230,10 +232,10 @@ def _expand(
         # First appearance without sorting: scatter amax of tag = -2 - (entry index) leaves each
         # unseen node's map entry at -2 - (its first entry); seen nodes scatter their own local id,
         # which leaves them unchanged. Entries that find their own tag are first appearances, in order.
-        tag = -2 - torch.arange(neighbor.numel())
+        tag = -2 - torch.arange(neighbor.numel(), device=device)
         node_map.scatter_reduce_(0, neighbor, torch.where(local < 0, tag, local), "amax", include_self=False)
         new_nodes = neighbor[node_map.index_select(0, neighbor) == tag]
-        node_map.index_copy_(0, new_nodes, torch.arange(num_nodes, num_nodes + new_nodes.numel()))
+        node_map.index_copy_(0, new_nodes, torch.arange(num_nodes, num_nodes + new_nodes.numel(), device=device))
 
         rows.append(node_map.index_select(0, neighbor))
         cols.append(segment + frontier_start)
@@ -241,11 +243,12 @@ def _expand(
         nodes.append(new_nodes)
         frontier, frontier_start, num_nodes = new_nodes, num_nodes, num_nodes + new_nodes.numel()
 
+    none = torch.empty(0, dtype=torch.long, device=device)
     return SamplerOutput(
         node=torch.cat(nodes),
-        row=torch.cat(rows) if rows else torch.empty(0, dtype=torch.long),
-        col=torch.cat(cols) if cols else torch.empty(0, dtype=torch.long),
-        edge=torch.cat(edges) if edges else torch.empty(0, dtype=torch.long),
+        row=torch.cat(rows) if rows else none,
+        col=torch.cat(cols) if cols else none,
+        edge=torch.cat(edges) if edges else none,
         num_sampled_nodes=[t.numel() for t in nodes],
         num_sampled_edges=[t.numel() for t in edges],
     )
@@ -265,7 +268,7 @@ def csr_contains(indptr: Tensor, indices: Tensor, rows: Tensor, cols: Tensor) ->
         ``[m]`` bool.
     """
     if rows.numel() == 0 or indices.numel() == 0:
-        return torch.zeros(rows.shape, dtype=torch.bool)
+        return torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
     lo, end = indptr.index_select(0, rows), indptr.index_select(0, rows + 1)
     hi = end.clone()
     last = indices.numel() - 1
@@ -305,13 +308,14 @@ def sample_negative_items(
     Returns:
         ``[B, num_per_user]`` int64 global item node ids.
     """
+    device = indptr.device
     flat_users = users.long().repeat_interleave(num_per_user)
-    neg = num_users + torch.randint(num_items, (flat_users.numel(),), generator=generator)
+    neg = num_users + torch.randint(num_items, (flat_users.numel(),), generator=generator, device=device)
     redo = csr_contains(indptr, indices, flat_users, neg).nonzero().view(-1)
     for _ in range(_NEGATIVE_REDRAW_ROUNDS):
         if redo.numel() == 0:
             break
-        draw = num_users + torch.randint(num_items, (redo.numel(),), generator=generator)
+        draw = num_users + torch.randint(num_items, (redo.numel(),), generator=generator, device=device)
         neg[redo] = draw
         redo = redo[csr_contains(indptr, indices, flat_users[redo], draw)]
     return neg.view(-1, num_per_user)
@@ -341,6 +345,10 @@ class NeighborSampler(BaseSampler):
     Hard negatives: with ``hard_negative_pool > 1`` and ``scoring_vectors`` set (``[N, d]``, inner
     product ranks as the model), each negative is the best-scoring of that many uniform draws
     (:func:`hardest_of_pools`); the trainer refreshes the vectors as the model changes.
+
+    The graph may live on a GPU: every tensor the sampler makes is on the CSR's device (its
+    :attr:`device`), and the seed edges or nodes that PyG's loader hands it are moved there, so a
+    batch never leaves the device it is used on. Loader worker processes sample on the CPU only.
 
     Random numbers come from a generator seeded with ``seed``. In a ``DataLoader`` worker process it
     is reseeded from the worker's seed, so workers differ from each other and from epoch to epoch,
@@ -372,12 +380,23 @@ class NeighborSampler(BaseSampler):
             )
         if indptr.dtype != torch.long or indices.dtype != torch.long:
             raise ValueError(f"indptr and indices must be int64 (got {indptr.dtype}, {indices.dtype})")
+        if indices.device != indptr.device:
+            raise ValueError(f"indptr and indices must be on one device (got {indptr.device}, {indices.device})")
         self.indptr = indptr
         self.indices = indices
-        self._init_sampling(num_neighbors, num_users=num_users, num_items=num_items, replace=replace, seed=seed)
+        self._init_sampling(
+            num_neighbors, num_users=num_users, num_items=num_items, replace=replace, seed=seed, device=indptr.device
+        )
 
     def _init_sampling(
-        self, num_neighbors: list[int], *, num_users: int, num_items: int, replace: bool, seed: int | None
+        self,
+        num_neighbors: list[int],
+        *,
+        num_users: int,
+        num_items: int,
+        replace: bool,
+        seed: int | None,
+        device: torch.device = torch.device("cpu"),
     ) -> None:
         """Settings and random state shared by every subclass, whatever holds its graph."""
         self.num_neighbors = list(num_neighbors)
@@ -385,7 +404,8 @@ class NeighborSampler(BaseSampler):
         self.num_items = num_items
         self.num_nodes = num_users + num_items
         self.replace = replace
-        self.generator = torch.Generator()
+        self.device = device
+        self.generator = torch.Generator(device=device)
         if seed is None:
             self.generator.seed()
         else:
@@ -402,7 +422,7 @@ class NeighborSampler(BaseSampler):
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        self._node_map = torch.full((self.num_nodes,), -1, dtype=torch.long)
+        self._node_map = torch.full((self.num_nodes,), -1, dtype=torch.long, device=self.device)
         worker = torch.utils.data.get_worker_info()
         if worker is not None:
             self.generator.manual_seed(worker.seed)
@@ -439,7 +459,7 @@ class NeighborSampler(BaseSampler):
         self._enter_process()
         if index.time is not None or index.input_type is not None:
             raise ValueError("distgnn's NeighborSampler samples homogeneous graphs without time")
-        out = self._sample_subgraph(index.node)
+        out = self._sample_subgraph(index.node.to(self.device))
         out.metadata = (index.input_id, None)
         return out
 
@@ -455,7 +475,9 @@ class NeighborSampler(BaseSampler):
         self._enter_process()
         if index.time is not None or index.input_type is not None:
             raise ValueError("distgnn's NeighborSampler samples homogeneous graphs without time")
-        src, dst, edge_label = index.row.long(), index.col.long(), index.label
+        device = self.device
+        src, dst = index.row.long().to(device), index.col.long().to(device)
+        edge_label = None if index.label is None else index.label.to(device)
         num_pos = src.numel()
         neg_sampling = NegativeSampling.cast(neg_sampling)
 
@@ -472,7 +494,7 @@ class NeighborSampler(BaseSampler):
                 dst_neg = self.sample_negative_items(src_neg, 1).view(-1)
                 src, dst = torch.cat([src, src_neg]), torch.cat([dst, dst_neg])
                 if edge_label is None:
-                    edge_label = torch.ones(num_pos)
+                    edge_label = torch.ones(num_pos, device=device)
                 edge_label = torch.cat([edge_label, edge_label.new_zeros((num_neg,) + edge_label.shape[1:])])
             else:
                 # row i of the [B, amount] block holds src[i]'s negatives, matching PyG's
@@ -512,6 +534,19 @@ class _PyGBackedSampler(NeighborSampler):
         return self._pyg._sample(seeds)
 
 
+def sampling_device(
+    setting: str, train_device: torch.device, *, graph_bytes: int, free_bytes: int, num_workers: int
+) -> torch.device:
+    """Where the sampler keeps the graph and samples: the training GPU under ``"auto"`` when the
+    graph's CSR takes at most a quarter of the GPU's free memory (the rest is for the model, the
+    subgraphs and the optimizer) and batches are sampled in the training process; the CPU otherwise
+    (``"cpu"``, a CPU worker, loader processes, or a graph too large)."""
+    if setting not in ("auto", "cpu"):
+        raise ConfigError(f"sampler.device: expected 'auto' or 'cpu' (got {setting!r})")
+    on_gpu = setting == "auto" and train_device.type == "cuda" and num_workers == 0
+    return train_device if on_gpu and 4 * graph_bytes <= free_bytes else torch.device("cpu")
+
+
 def make_sampler(
     indptr: Tensor,
     indices: Tensor,
@@ -522,12 +557,14 @@ def make_sampler(
     backend: str = "auto",
     replace: bool = False,
     seed: int | None = None,
+    device: torch.device = torch.device("cpu"),
 ) -> NeighborSampler:
     """Build the neighbor sampler for ``backend``: ``"distgnn"``, ``"pyg"`` (PyG's sampling, needs
     pyg-lib or torch-sparse) or ``"auto"`` (PyG's only when pyg-lib is installed). Logs which one.
 
     Both backends take the same arguments as :class:`NeighborSampler` and sample negatives the
-    distgnn way (items only, training positives excluded).
+    distgnn way (items only, training positives excluded). distgnn's samples on ``device`` (the CSR
+    is copied there); PyG's on the CPU, whatever ``device``: the sampler's :attr:`device` says which.
     """
     if backend not in ("auto", "distgnn", "pyg"):
         raise ConfigError(f"sampler.backend: expected 'auto', 'distgnn' or 'pyg' (got {backend!r})")
@@ -539,7 +576,7 @@ def make_sampler(
     kwargs = dict(num_users=num_users, num_items=num_items, replace=replace, seed=seed)
     if use_pyg:
         lib = "pyg-lib" if torch_geometric.typing.WITH_PYG_LIB else "torch-sparse"
-        logger.info("neighbor sampler: PyG's NeighborSampler (%s), distgnn negatives", lib)
+        logger.info("neighbor sampler: PyG's NeighborSampler (%s) on the CPU, distgnn negatives", lib)
         return _PyGBackedSampler(indptr, indices, num_neighbors, **kwargs)
-    logger.info("neighbor sampler: distgnn's vectorised sampler")
-    return NeighborSampler(indptr, indices, num_neighbors, **kwargs)
+    logger.info("neighbor sampler: distgnn's vectorised sampler, on %s", device)
+    return NeighborSampler(indptr.to(device), indices.to(device), num_neighbors, **kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -34,17 +33,6 @@ class Traffic:
         return dict(self.__dict__)
 
 
-_group: Any = None
-
-
-def cpu_group() -> Any:
-    """Process group for CPU tensors: the default one under gloo, a gloo group next to NCCL."""
-    global _group
-    if _group is None:
-        _group = tdist.new_group(backend="gloo") if tdist.get_backend() != "gloo" else tdist.group.WORLD
-    return _group
-
-
 def exchange(
     send: Tensor, send_counts: Tensor, traffic: Traffic | None = None, *, recv_counts: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -62,10 +50,10 @@ def exchange(
     if dist.world_size() == 1:
         return send, send_counts
     # sampling's tensors live on the CPU (a gloo group); device tensors take the default group (NCCL)
-    group = cpu_group() if send.device.type == "cpu" else None
+    group = dist.group_for(send)
     if recv_counts is None:
         recv_counts = torch.empty_like(send_counts)
-        tdist.all_to_all_single(recv_counts, send_counts, group=group)
+        tdist.all_to_all_single(recv_counts, send_counts, group=dist.group_for(send_counts))
     received = send.new_empty((int(recv_counts.sum()),) + tuple(send.shape[1:]))
     tdist.all_to_all_single(received, send.contiguous(), recv_counts.tolist(), send_counts.tolist(), group=group)
     if traffic is not None:

@@ -128,22 +128,24 @@ def rating_loss(model: Recommender, out: Tensor, batch: Data, ratings: Tensor, o
 
 def share_candidates(nodes: Tensor, emb: Tensor) -> tuple[Tensor, Tensor]:
     """The candidate items of every worker's batch, this worker's first and in their order (so its
-    targets' columns stay valid), each item once: node ids ``[C]`` (CPU) and embeddings ``[C, d]``.
+    targets' columns stay valid), each item once: node ids ``[C]`` (on the device of ``nodes``) and
+    embeddings ``[C, d]``.
     A gathered item's gradient goes back to the worker that computed it. Collective: every worker
     calls it once per step."""
     rank = dist.rank()
     all_nodes = dist.all_gather_uneven(nodes.to(emb.device))
     all_emb = dist.all_gather_uneven(emb, differentiable=True)
     order = [rank] + [r for r in range(len(all_nodes)) if r != rank]
-    all_nodes = torch.cat([all_nodes[r] for r in order]).cpu()
+    all_nodes = torch.cat([all_nodes[r] for r in order])
     all_emb = torch.cat([emb] + [all_emb[r] for r in order[1:]])  # own rows: the local graph, no round trip
     # keep each item's first copy: this worker's own candidates are unique and come first
     _, inverse = torch.unique(all_nodes, return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1,), all_nodes.numel()).scatter_reduce(
-        0, inverse, torch.arange(all_nodes.numel()), "amin"
+    device = all_nodes.device
+    first = torch.full((int(inverse.max()) + 1,), all_nodes.numel(), device=device).scatter_reduce(
+        0, inverse, torch.arange(all_nodes.numel(), device=device), "amin"
     )
     keep = torch.sort(first).values
-    return all_nodes[keep], all_emb[keep.to(emb.device)]
+    return all_nodes[keep].to(nodes.device), all_emb[keep]
 
 
 def candidate_log_q(positive_weight: Tensor, o: OptimConfig) -> Tensor:

@@ -24,7 +24,7 @@ from distgnn.data.graph import Graph, load_graph
 from distgnn.eval.protocol import eval_split, evaluate_job, evaluate_rating_baselines, popularity_vectors
 from distgnn.nn.loaders import link_loader, positive_draw_weights
 from distgnn.nn.models import exact_vectors, model_from_config, sampled_adjacency
-from distgnn.nn.sampler import make_sampler
+from distgnn.nn.sampler import make_sampler, sampling_device
 from distgnn.training.gradients import average_dense
 from distgnn.training.objective import (
     candidate_log_q,
@@ -70,6 +70,15 @@ class Replicated:
         self.optimizers = make_optimizers(self.model, job.optim.lr, row_sharded=True)
         self.eval_split = eval_split(self.graph)
         self.item_log_q: Tensor | None = None
+        self.degree = self.graph.degree.to(device)  # LightGCN's edge weights, next to the subgraphs
+        graph_bytes = sum(t.numel() * t.element_size() for t in (self.graph.indptr, self.graph.indices))
+        self.sample_device = sampling_device(
+            job.sampler.device,
+            device,
+            graph_bytes=graph_bytes,
+            free_bytes=torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0,
+            num_workers=job.sampler.num_workers,
+        )
 
     def make_loader(self, start_epoch: int):
         """The worker's loader (its shard of the edges), seeded per rank and epoch of (re)start."""
@@ -89,13 +98,14 @@ class Replicated:
             backend=job.sampler.backend,
             replace=job.sampler.replace,
             seed=job.run.seed + 7919 * rank + start_epoch,
+            device=self.sample_device,
         )
         sampler.hard_negative_pool = job.optim.hard_negative_pool  # vectors: refreshed each epoch
         if job.optim.loss == "softmax" and job.optim.log_q:
             self.item_log_q = candidate_log_q(
                 positive_draw_weights(edges, graph.num_users, graph.num_items, job.optim.edge_sampling, edge_weight),
                 job.optim,
-            )
+            ).to(self.device)
         self.loader = link_loader(
             sampler,
             graph.num_nodes,
@@ -106,22 +116,27 @@ class Replicated:
             edge_weight=edge_weight,
             num_workers=job.sampler.num_workers,
             pin_memory=self.device.type == "cuda",
+            device=sampler.device,
         )
         return self.loader, edges.shape[1]
 
     def begin_epoch(self) -> None:
         if self.job.optim.hard_negative_pool > 1:  # mine with the model as it is now (~0.2 s on Gowalla)
-            self.loader.link_sampler.scoring_vectors = self.vectors()
+            sampler = self.loader.link_sampler
+            sampler.scoring_vectors = self.vectors().to(sampler.device)
 
     def loss(self, batch: Data) -> Tensor:
-        """Loss of one sampled batch: forward over the subgraph, then BPR or sampled softmax.
-        Sampling and index bookkeeping stay on the CPU; the model's arithmetic runs on the device."""
+        """Loss of one sampled batch: forward over the subgraph, then BPR or sampled softmax. The
+        batch comes to the training device first (a no-op when it was sampled there; a copy that
+        does not block from pinned memory when sampled on the CPU for a GPU), so its index
+        bookkeeping runs next to the arithmetic."""
         model, graph, device, o = self.model, self.graph, self.device, self.job.optim
+        batch = batch.to(device, non_blocking=True)
         n_id = batch.n_id
         adj_t = None
         if model.num_layers:
-            adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], graph.degree).to(device)
-        x = model.inputs(n_id.to(device))
+            adj_t = sampled_adjacency(n_id, batch.edge_index[0], batch.edge_index[1], self.degree)
+        x = model.inputs(n_id)
         out = model.propagate(x, adj_t, batch.num_sampled_nodes)  # the seeds' rows only
         if self.job.task == "rating":
             return rating_loss(model, out, batch, self.ratings, o)
@@ -129,7 +144,12 @@ class Replicated:
         def ego(local: Tensor) -> Tensor:
             # the inputs' rows when they are the id embeddings: no second lookup, so the table's
             # gradient holds each row once (the exchange copies rows instead of adding them)
-            return x[local.to(device)] if model.inputs_are_ego else model.ego(n_id[local].to(device))
+            return x[local] if model.inputs_are_ego else model.ego(n_id[local])
+
+        def positives(users: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+            sampler = self.loader.link_sampler  # its CSR: on the GPU or the CPU (sampler.device)
+            users, candidates = users.to(sampler.device), candidates.to(sampler.device)
+            return positive_cells(sampler.indptr, sampler.indices, users, candidates)
 
         loss = link_loss(
             out,
@@ -137,9 +157,9 @@ class Replicated:
             batch,
             o,
             self.item_log_q,
-            lambda users, cand: positive_cells(graph.indptr, graph.indices, users, cand),
+            positives,
             num_users=graph.num_users,
-            item_bias=None if model.bias_embedding is None else lambda nodes: model.item_bias(nodes.to(device)),
+            item_bias=None if model.bias_embedding is None else model.item_bias,
             score=model.score,
         )
         if o.contrastive_weight > 0:
