@@ -120,13 +120,16 @@ def _in_module(fn, module):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_a_gpu_run_samples_on_the_gpu(tiny_graph):
-    job = tiny_job(tiny_graph, **{"optim.epochs": 1, "optim.max_steps_per_epoch": 3})
+@pytest.mark.parametrize("where", ["auto", "cpu"])
+def test_a_gpu_run_samples_where_asked(tiny_graph, where):
+    job = tiny_job(tiny_graph, **{"optim.epochs": 1, "sampler.device": where})
     strategy = Replicated(job, device=torch.device("cuda"))
     loader, _ = strategy.make_loader(0)
-    assert loader.link_sampler.device.type == "cuda"
+    sampled_on = "cuda" if where == "auto" else "cpu"
+    assert loader.link_sampler.device.type == sampled_on
     batch = next(iter(loader))
-    assert batch.n_id.device.type == "cuda" and batch.edge_index.device.type == "cuda"
+    assert batch.n_id.device.type == batch.edge_index.device.type == sampled_on
+    assert batch.n_id.is_pinned() == (sampled_on == "cpu")  # for the non-blocking copy
     loss_sum, _ = train_steps(strategy, loader, 3, job.optim, 0)
     assert math.isfinite(float(loss_sum))
 

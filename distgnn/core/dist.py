@@ -82,7 +82,7 @@ def all_gather_uneven(x: Tensor, *, differentiable: bool = False) -> list[Tensor
     dist.all_gather(sizes, size, group=group)
     counts = [int(s.item()) for s in sizes]
     padded = torch.cat([x, x.new_zeros((max(counts) - x.shape[0], *x.shape[1:]))])  # all_gather needs equal sizes
-    gathered = _AllGather.apply(padded) if differentiable else _AllGather.forward(None, padded)  # its group: x's
+    gathered = _AllGather.apply(padded) if differentiable else _AllGather.forward(None, padded)
     return [part[:n] for part, n in zip(gathered.chunk(len(counts)), counts)]
 
 

@@ -67,6 +67,11 @@ def fit(
             "training edges; use fewer workers or smaller batches"
         )
     split = strategy.eval_split
+    if o.mixed_precision == "bf16" and next(strategy.model.parameters()).device.type == "cpu":
+        log.warning(
+            "optim.mixed_precision bf16 on a CPU: it is meant for GPUs; on a CPU without bfloat16 "
+            "instructions it measured 3.1-3.5x slower (benchmarks/RESULTS.md)"
+        )
     log.info(
         "%d worker(s), %s edges each, %d steps of %d per epoch, evaluating on %s",
         dist.world_size(),
