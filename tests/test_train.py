@@ -146,7 +146,9 @@ def test_options_reach_the_training_step(tiny_graph, tmp_path, monkeypatch, on):
 
 
 @pytest.mark.parametrize("precision", ["off", "bf16"])
-def test_mixed_precision_scores_in_bfloat16_and_propagates_in_float32(tiny_graph, tmp_path, monkeypatch, precision):
+def test_mixed_precision_scores_in_bfloat16_and_propagates_in_float32(
+    tiny_graph, tmp_path, monkeypatch, caplog, precision
+):
     overrides = {"optim.epochs": 1, "optim.max_steps_per_epoch": 2, "optim.mixed_precision": precision}
     job = tiny_job(tiny_graph, **overrides)
     losses, layers = [], []  # per training step: the autocast dtype the loss ran under; layer outputs' dtypes
@@ -168,6 +170,7 @@ def test_mixed_precision_scores_in_bfloat16_and_propagates_in_float32(tiny_graph
     results = train_loop(job, create_run_dir(job, str(tmp_path), "run"))
     assert losses == [torch.bfloat16 if precision == "bf16" else torch.float32] * 2
     assert layers == [torch.float32] * 2 * job.model.num_layers
+    assert ("bf16 on a CPU: it is meant for GPUs" in caplog.text) == (precision == "bf16")
     assert math.isfinite(results["test"]["recall@20"])
 
 
