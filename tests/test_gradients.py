@@ -11,6 +11,7 @@ from distgnn.training import gradients
 from distgnn.training.gradients import RowShardedSparseAdam, average_dense, row_bounds
 from distgnn.training.objective import make_optimizers
 
+from test_device import UndevicedFactories
 from test_partitioned import run_on_two_ranks
 
 NUM_NODES, DIM = 60, 8
@@ -88,14 +89,17 @@ def _compare(rank, name, size, small_table):
     ours = make_model(name)
     ddp_opts, our_opts = make_optimizers(ddp_model.module, 0.05), make_optimizers(ours, 0.05, row_sharded=True)
     grads, params, repeats = [], [], []
+    undeviced = UndevicedFactories()  # what the exchange makes must name its device (NCCL: the GPU's)
     for step in range(3):
         n_id, adj_t = subgraph(rank, step, size)
         train_step(ddp_model, ddp_opts, n_id, adj_t, ours=False, repeat=step == 1)
-        repeats.append(train_step(ours, our_opts, n_id, adj_t, ours=True, repeat=step == 1))
+        with undeviced:
+            repeats.append(train_step(ours, our_opts, n_id, adj_t, ours=True, repeat=step == 1))
         grads.append((block_gradients(our_opts), ddp_block_gradients(ddp_model.module, ddp_opts, rank)))
         params.append(tuple({n: p.detach().clone() for n, p in m.named_parameters()} for m in (ours, ddp_model.module)))
-    states = (our_opts[0].state_dict(), ddp_opts[0].state_dict())
-    return grads, params, states, our_opts[0].dense, repeats
+    with undeviced:
+        states = (our_opts[0].state_dict(), ddp_opts[0].state_dict())
+    return grads, params, states, our_opts[0].dense, repeats, undeviced.calls
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -120,9 +124,10 @@ def _compare_all(rank):
 def test_row_sharded_update_equals_ddp_sparse_all_reduce():
     cases = [(size, blocks) for size, _, blocks in CASES for _ in MODELS]
     for rank_results in run_on_two_ranks(_compare_all):
-        for (grads, params, (our_state, ddp_state), dense, repeats), (size, blocks) in zip(
+        for (grads, params, (our_state, ddp_state), dense, repeats, undeviced), (size, blocks) in zip(
             rank_results, cases, strict=True
         ):
+            assert not undeviced, undeviced
             assert dense[0] == blocks  # the id table took the path its size calls for
             assert repeats == [1, 2, 1]  # rows once (copied into the blocks), then some twice (added)
             for ours, theirs in grads:
