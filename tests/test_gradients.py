@@ -212,6 +212,35 @@ def test_checkpoint_resumes_on_two_workers_and_loads_on_one():
     assert_same(one_worker.inner.state_dict()["state"][0], saved["state"][0])
 
 
+def test_the_row_update_is_torchs_sparse_adam_to_the_bit():
+    """One worker's update (no collectives) against torch.optim.SparseAdam on the same gradients:
+    unique rows unsorted (a subgraph's), rows repeated (summed first), coalesced, and empty."""
+    g = torch.Generator().manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(50, 4, generator=g))
+    reference = torch.nn.Parameter(table.detach().clone())
+    ours, theirs = RowShardedSparseAdam([table], lr=0.05), torch.optim.SparseAdam([reference], lr=0.05)
+    unique = torch.randperm(50, generator=g)[:30]
+    repeated = torch.cat([unique[:10], unique[:25]])
+    grads = [
+        torch.sparse_coo_tensor(unique[None], torch.randn(30, 4, generator=g), (50, 4)),
+        torch.sparse_coo_tensor(repeated[None], torch.randn(35, 4, generator=g), (50, 4)),
+        torch.sparse_coo_tensor(unique[None], torch.randn(30, 4, generator=g), (50, 4)).coalesce(),
+        torch.sparse_coo_tensor(torch.empty(1, 0, dtype=torch.long), torch.empty(0, 4), (50, 4)),
+        torch.sparse_coo_tensor(unique[None], torch.randn(30, 4, generator=g), (50, 4)),
+    ]
+    for lr, grad in zip([0.05, 0.05, 0.02, 0.02, 0.01], grads):
+        for group in (*ours.param_groups, *theirs.param_groups):
+            group["lr"] = lr  # the schedule sets it between steps
+        table.grad, reference.grad = grad.clone(), grad.clone()
+        ours.reduce_gradients()  # one worker: the whole table is its block
+        ours.step()
+        theirs.step()
+        assert torch.equal(table, reference)
+    assert ours.state_dict()["state"][0]["step"] == theirs.state_dict()["state"][0]["step"] == 5
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(ours.state_dict()["state"][0][key], theirs.state_dict()["state"][0][key])
+
+
 def test_row_bounds_cover_the_table_in_blocks_that_differ_by_at_most_one():
     for rows, world in [(60, 2), (61, 2), (7, 3), (1000, 7)]:
         bounds = row_bounds(rows, world)

@@ -25,6 +25,7 @@ run through the wrapper, which the layer-wise evaluation and the export do not d
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -80,6 +81,45 @@ def send_to_all(ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     got_ids, got_counts = exchange(ids.expand(copies, -1).reshape(-1), counts)
     got_values, _ = exchange(values.expand(copies, -1, -1).reshape(-1, values.shape[1]), counts, recv_counts=got_counts)
     return got_ids, got_values
+
+
+def unique_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """``(rows, values)`` of a sparse ``[N, d]`` gradient, each row once (repeats summed), in any
+    order. Coalescing sorts and gathers every touched row; a subgraph's rows are unique already,
+    which a bincount tells in 0.3 ms (Gowalla's 65k rows, measured), and then nothing moves."""
+    if not grad.is_coalesced():
+        ids = grad._indices()[0]  # torch's documented accessor of an uncoalesced tensor
+        if ids.numel() == 0 or int(torch.bincount(ids).max()) <= 1:
+            return ids, grad._values()
+        grad = grad.coalesce()
+    return grad.indices()[0], grad.values()
+
+
+@torch.no_grad()
+def sparse_adam_rows(
+    param: Tensor, grad: Tensor, state: dict, *, lr: float, betas: tuple[float, float], eps: float
+) -> None:
+    """One step of torch's SparseAdam (``torch.optim._functional.sparse_adam``) on ``param``, its
+    arithmetic op for op, so the result is the same to the bit, with the touched rows addressed by
+    index (``index_select``/``index_copy_``/``index_add_``) instead of through sparse_mask and
+    sparse adds, and without coalescing rows that are unique already (:func:`unique_rows`). Written
+    here because no library ships a faster SparseAdam for CPU, and torch's is 1.35-1.41x slower on
+    Gowalla steps (65k x 64 rows touched, one thread, ``benchmarks/sparse_adam.py``): +8% edges/s
+    for one worker.
+    ``state`` holds SparseAdam's ``step`` (already incremented), ``exp_avg`` and ``exp_avg_sq``."""
+    rows, values = unique_rows(grad)
+    if values.numel() == 0:
+        return
+    (beta1, beta2), step = betas, state["step"]
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    old_exp_avg = exp_avg.index_select(0, rows)
+    old_exp_avg_sq = exp_avg_sq.index_select(0, rows)
+    numer = values.sub(old_exp_avg).mul_(1 - beta1).add_(old_exp_avg)  # old + (1 - b1)(new - old)
+    second = values.pow(2).sub_(old_exp_avg_sq).mul_(1 - beta2).add_(old_exp_avg_sq)
+    exp_avg.index_copy_(0, rows, numer)
+    exp_avg_sq.index_copy_(0, rows, second)
+    step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+    param.index_add_(0, rows, numer.div_(second.sqrt_().add_(eps)).mul_(-step_size))
 
 
 class RowShardedSparseAdam:
@@ -186,8 +226,21 @@ class RowShardedSparseAdam:
         return torch.sparse_coo_tensor(rows[None], average, (hi - lo, table.shape[1]), is_coalesced=True)
 
     def step(self) -> None:
-        """Update this worker's rows (SparseAdam on its blocks)."""
-        self.inner.step()
+        """Update this worker's rows: SparseAdam on its blocks, computed by :func:`sparse_adam_rows`
+        with SparseAdam's own state (so its checkpoints, its ``lr`` and its numbers, to the bit)."""
+        for group in self.inner.param_groups:
+            if group.get("maximize", False):
+                raise ValueError("RowShardedSparseAdam minimises only")
+            for shard in group["params"]:
+                if shard.grad is None:
+                    continue
+                state = self.inner.state[shard]
+                if not state:  # as SparseAdam initialises it
+                    state.update(step=0, exp_avg=torch.zeros_like(shard), exp_avg_sq=torch.zeros_like(shard))
+                state["step"] += 1
+                sparse_adam_rows(
+                    shard.detach(), shard.grad, state, lr=group["lr"], betas=group["betas"], eps=group["eps"]
+                )
 
     @torch.no_grad()
     def share_updated_rows(self) -> list[Any]:
