@@ -3,12 +3,13 @@ against DDP's sparse all-reduce + SparseAdam on gloo: the same gradients, the sa
 after training steps, the same optimizer state, and checkpoints that resume on any number of
 workers."""
 
+import pytest
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from distgnn.nn.models import build_model
 from distgnn.training import gradients
-from distgnn.training.gradients import RowShardedSparseAdam, average_dense, row_bounds
+from distgnn.training.gradients import IndexedSparseAdam, RowShardedSparseAdam, average_dense, row_bounds
 from distgnn.training.objective import make_optimizers
 
 from test_device import UndevicedFactories
@@ -70,6 +71,13 @@ def train_step(model, opts, n_id, adj_t, *, ours: bool, repeat: bool = False):
     return repeats
 
 
+def torch_optimizers(model, lr: float) -> list:
+    """The reference: torch's own SparseAdam for the tables, Adam for the dense weights."""
+    tables = [p for n, p in model.named_parameters() if n.endswith("embedding.weight")]
+    dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.weight")]
+    return [torch.optim.SparseAdam(tables, lr=lr)] + ([torch.optim.Adam(dense, lr=lr)] if dense else [])
+
+
 def block_gradients(opts) -> dict[int, torch.Tensor]:
     """This rank's averaged table gradients, as dense blocks."""
     return {i: shard.grad.to_dense().clone() for i, shard in enumerate(opts[0].shards)}
@@ -87,7 +95,7 @@ def _compare(rank, name, size, small_table):
     gradients.SMALL_TABLE = small_table  # this test's tables are tiny: 0 lets rows travel one by one
     ddp_model = DistributedDataParallel(make_model(name))  # gloo: sparse all-reduce of the tables
     ours = make_model(name)
-    ddp_opts, our_opts = make_optimizers(ddp_model.module, 0.05), make_optimizers(ours, 0.05, row_sharded=True)
+    ddp_opts, our_opts = torch_optimizers(ddp_model.module, 0.05), make_optimizers(ours, 0.05, row_sharded=True)
     grads, params, repeats = [], [], []
     undeviced = UndevicedFactories()  # what the exchange makes must name its device (NCCL: the GPU's)
     for step in range(3):
@@ -212,13 +220,16 @@ def test_checkpoint_resumes_on_two_workers_and_loads_on_one():
     assert_same(one_worker.inner.state_dict()["state"][0], saved["state"][0])
 
 
-def test_the_row_update_is_torchs_sparse_adam_to_the_bit():
-    """One worker's update (no collectives) against torch.optim.SparseAdam on the same gradients:
-    unique rows unsorted (a subgraph's), rows repeated (summed first), coalesced, and empty."""
+@pytest.mark.parametrize("kind", ["row-sharded", "indexed"])
+def test_the_row_update_is_torchs_sparse_adam_to_the_bit(kind):
+    """One worker's update (no collectives) and the partitioned strategy's optimizer against
+    torch.optim.SparseAdam on the same gradients: unique rows unsorted (a subgraph's), rows
+    repeated (summed first), coalesced, and empty."""
     g = torch.Generator().manual_seed(0)
     table = torch.nn.Parameter(torch.randn(50, 4, generator=g))
     reference = torch.nn.Parameter(table.detach().clone())
-    ours, theirs = RowShardedSparseAdam([table], lr=0.05), torch.optim.SparseAdam([reference], lr=0.05)
+    ours = RowShardedSparseAdam([table], lr=0.05) if kind == "row-sharded" else IndexedSparseAdam([table], lr=0.05)
+    theirs = torch.optim.SparseAdam([reference], lr=0.05)
     unique = torch.randperm(50, generator=g)[:30]
     repeated = torch.cat([unique[:10], unique[:25]])
     grads = [
@@ -232,7 +243,8 @@ def test_the_row_update_is_torchs_sparse_adam_to_the_bit():
         for group in (*ours.param_groups, *theirs.param_groups):
             group["lr"] = lr  # the schedule sets it between steps
         table.grad, reference.grad = grad.clone(), grad.clone()
-        ours.reduce_gradients()  # one worker: the whole table is its block
+        if kind == "row-sharded":
+            ours.reduce_gradients()  # one worker: the whole table is its block
         ours.step()
         theirs.step()
         assert torch.equal(table, reference)

@@ -122,6 +122,27 @@ def sparse_adam_rows(
     param.index_add_(0, rows, numer.div_(second.sqrt_().add_(eps)).mul_(-step_size))
 
 
+class IndexedSparseAdam(torch.optim.SparseAdam):
+    """torch's SparseAdam (its state, checkpoints and ``lr`` handling) with the step computed by
+    :func:`sparse_adam_rows`: the same numbers to the bit, faster."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            if group.get("maximize", False):
+                raise ValueError("IndexedSparseAdam minimises only")
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:  # as SparseAdam initialises it
+                    state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
+                state["step"] += 1
+                sparse_adam_rows(param, param.grad, state, lr=group["lr"], betas=group["betas"], eps=group["eps"])
+        return loss
+
+
 class RowShardedSparseAdam:
     """SparseAdam over embedding tables whose rows are updated by their owners (see the module
     notes). Used like a torch optimizer, plus two collectives around :meth:`step`:
@@ -143,7 +164,7 @@ class RowShardedSparseAdam:
         self.block_sizes = [(b[1:] - b[:-1]).tolist() for b in self.bounds]  # every rank's, per table
         # views of the owned rows: SparseAdam's in-place update lands in the tables themselves
         self.shards = [nn.Parameter(t.detach()[lo:hi]) for t, (lo, hi) in zip(tables, self.blocks)]
-        self.inner = torch.optim.SparseAdam(self.shards, lr=lr)
+        self.inner = IndexedSparseAdam(self.shards, lr=lr)
         self.param_groups = self.inner.param_groups  # the learning-rate schedule sets lr here
         self.dense = [False] * len(tables)  # per table: this step's exchange moved whole blocks
         self.buffers: dict[tuple[int, str], Tensor] = {}
@@ -226,21 +247,8 @@ class RowShardedSparseAdam:
         return torch.sparse_coo_tensor(rows[None], average, (hi - lo, table.shape[1]), is_coalesced=True)
 
     def step(self) -> None:
-        """Update this worker's rows: SparseAdam on its blocks, computed by :func:`sparse_adam_rows`
-        with SparseAdam's own state (so its checkpoints, its ``lr`` and its numbers, to the bit)."""
-        for group in self.inner.param_groups:
-            if group.get("maximize", False):
-                raise ValueError("RowShardedSparseAdam minimises only")
-            for shard in group["params"]:
-                if shard.grad is None:
-                    continue
-                state = self.inner.state[shard]
-                if not state:  # as SparseAdam initialises it
-                    state.update(step=0, exp_avg=torch.zeros_like(shard), exp_avg_sq=torch.zeros_like(shard))
-                state["step"] += 1
-                sparse_adam_rows(
-                    shard.detach(), shard.grad, state, lr=group["lr"], betas=group["betas"], eps=group["eps"]
-                )
+        """Update this worker's rows (SparseAdam on its blocks)."""
+        self.inner.step()
 
     @torch.no_grad()
     def share_updated_rows(self) -> list[Any]:

@@ -22,16 +22,17 @@ from distgnn.nn.losses import (
     squared_error_loss,
 )
 from distgnn.nn.models import Recommender
-from distgnn.training.gradients import RowShardedSparseAdam
+from distgnn.training.gradients import IndexedSparseAdam, RowShardedSparseAdam
 
 
 def make_optimizers(model: nn.Module, lr: float, *, row_sharded: bool = False) -> list[Any]:
-    """SparseAdam for the embedding tables (sparse gradients), Adam for dense weights if any. With
+    """SparseAdam for the embedding tables (sparse gradients; computed by index,
+    :class:`~distgnn.training.gradients.IndexedSparseAdam`), Adam for dense weights if any. With
     ``row_sharded`` the tables' SparseAdam is split by rows over the workers
     (:class:`~distgnn.training.gradients.RowShardedSparseAdam`): the replicated strategy's tables."""
     sparse = [p for n, p in model.named_parameters() if n.endswith("embedding.weight")]
     dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.weight")]
-    tables = RowShardedSparseAdam(sparse, lr) if row_sharded else torch.optim.SparseAdam(sparse, lr=lr)
+    tables = RowShardedSparseAdam(sparse, lr) if row_sharded else IndexedSparseAdam(sparse, lr=lr)
     opts: list[Any] = [tables]
     if dense:
         opts.append(torch.optim.Adam(dense, lr=lr))
