@@ -9,7 +9,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distgnn.nn.models import build_model
 from distgnn.training import gradients
-from distgnn.training.gradients import IndexedSparseAdam, RowShardedSparseAdam, average_dense, row_bounds
+from distgnn.training.gradients import IndexedSparseAdam, RowShardedSparseAdam, average_dense, row_bounds, unique_rows
 from distgnn.training.objective import make_optimizers
 
 from test_device import UndevicedFactories
@@ -72,10 +72,9 @@ def train_step(model, opts, n_id, adj_t, *, ours: bool, repeat: bool = False):
 
 
 def torch_optimizers(model, lr: float) -> list:
-    """The reference: torch's own SparseAdam for the tables, Adam for the dense weights."""
-    tables = [p for n, p in model.named_parameters() if n.endswith("embedding.weight")]
-    dense = [p for n, p in model.named_parameters() if not n.endswith("embedding.weight")]
-    return [torch.optim.SparseAdam(tables, lr=lr)] + ([torch.optim.Adam(dense, lr=lr)] if dense else [])
+    """The reference: distgnn's optimizers with torch's own SparseAdam for the tables."""
+    tables, *dense = make_optimizers(model, lr)
+    return [torch.optim.SparseAdam(tables.param_groups[0]["params"], lr=lr), *dense]
 
 
 def block_gradients(opts) -> dict[int, torch.Tensor]:
@@ -251,6 +250,16 @@ def test_the_row_update_is_torchs_sparse_adam_to_the_bit(kind):
     assert ours.state_dict()["state"][0]["step"] == theirs.state_dict()["state"][0]["step"] == 5
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(ours.state_dict()["state"][0][key], theirs.state_dict()["state"][0][key])
+
+
+def test_unique_rows_leave_a_subgraphs_rows_in_place_and_sum_repeats():
+    rows = torch.tensor([7, 2, 5])  # unique, unsorted: taken as they are, no sort
+    values = torch.tensor([[1.0], [2.0], [3.0]])
+    got_rows, got_values = unique_rows(torch.sparse_coo_tensor(rows[None], values, (9, 1)))
+    assert got_rows.tolist() == [7, 2, 5] and got_values.tolist() == [[1.0], [2.0], [3.0]]
+    repeated = torch.sparse_coo_tensor(torch.tensor([[7, 2, 7]]), values, (9, 1))
+    got_rows, got_values = unique_rows(repeated)  # summed: 7 -> 1 + 3
+    assert got_rows.tolist() == [2, 7] and got_values.tolist() == [[2.0], [4.0]]
 
 
 def test_row_bounds_cover_the_table_in_blocks_that_differ_by_at_most_one():

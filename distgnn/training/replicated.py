@@ -71,14 +71,6 @@ class Replicated:
         self.eval_split = eval_split(self.graph)
         self.item_log_q: Tensor | None = None
         self.degree = self.graph.degree.to(device)  # LightGCN's edge weights, next to the subgraphs
-        graph_bytes = sum(t.numel() * t.element_size() for t in (self.graph.indptr, self.graph.indices))
-        self.sample_device = sampling_device(
-            job.sampler.device,
-            device,
-            graph_bytes=graph_bytes,
-            free_bytes=torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0,
-            num_workers=job.sampler.num_workers,
-        )
 
     def make_loader(self, start_epoch: int):
         """The worker's loader (its shard of the edges), seeded per rank and epoch of (re)start."""
@@ -89,6 +81,13 @@ class Replicated:
         if job.task == "rating":
             self.ratings = graph.train_values("rating")[positions].to(self.device)
         edge_weight = graph.train_values("weight")[positions] if job.optim.edge_weight else None
+        device = sampling_device(
+            job.sampler.device,
+            self.device,
+            graph_bytes=sum(t.numel() * t.element_size() for t in (graph.indptr, graph.indices)),
+            free_bytes=torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0,
+            num_workers=job.sampler.num_workers,
+        )
         sampler = make_sampler(
             graph.indptr,
             graph.indices,
@@ -98,7 +97,7 @@ class Replicated:
             backend=job.sampler.backend,
             replace=job.sampler.replace,
             seed=job.run.seed + 7919 * rank + start_epoch,
-            device=self.sample_device,
+            device=device,
         )
         sampler.hard_negative_pool = job.optim.hard_negative_pool  # vectors: refreshed each epoch
         if job.optim.loss == "softmax" and job.optim.log_q:
