@@ -103,7 +103,7 @@ def sparse_adam_rows(
     arithmetic op for op, so the result is the same to the bit, with the touched rows addressed by
     index (``index_select``/``index_copy_``/``index_add_``) instead of through sparse_mask and
     sparse adds, and without coalescing rows that are unique already (:func:`unique_rows`). Written
-    here because no library ships a faster SparseAdam for CPU, and torch's is 1.35-1.41x slower on
+    here because no library ships a faster SparseAdam for CPU, and torch's is 1.35-1.56x slower on
     Gowalla steps (65k x 64 rows touched, one thread, ``benchmarks/sparse_adam.py``): +8% edges/s
     for one worker.
     ``state`` holds SparseAdam's ``step`` (already incremented), ``exp_avg`` and ``exp_avg_sq``."""
