@@ -33,7 +33,7 @@ import torch_geometric.typing
 from torch_geometric.data import Data
 from torch_geometric.loader import NodeLoader
 
-from distgnn.data.prepare import build_csr
+from distgnn.data.writing import build_csr
 from distgnn.nn.sampler import NeighborSampler, sample_subgraph
 
 GOWALLA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gowalla" / "train.txt"

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from distgnn.core.config import SyntheticConfig
-from distgnn.data.prepare import TEST, TRAIN, VAL, split_interactions
+from distgnn.data.readers import TEST, TRAIN, VAL
+from distgnn.data.split import split_interactions
 from distgnn.data.synthetic import generate
 
 

@@ -7,7 +7,8 @@ import sys
 
 from distgnn.core.cli import configure_logging, run_command
 from distgnn.core.config import CommandParser
-from distgnn.data.partition import METHODS, write_partitions
+from distgnn.core.errors import ConfigError
+from distgnn.data.partition import CHOICES, write_partitions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,16 +27,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--method",
-        default="metis",
-        choices=METHODS,
-        help="metis: fewest edges between parts, parts balanced by edges (needs pymetis); "
-        "random: uniform random part per node; hash: part from the node id alone, "
-        "no global view needed (default: metis)",
+        default="auto",
+        choices=CHOICES,
+        help="auto: metis when its predicted memory fits --memory_gb, else ldg (the choice and why are logged); "
+        "metis: fewest edges between parts, parts balanced by edges, holds the whole graph several times over; "
+        "ldg: streaming balanced partitioner, reads the graph in chunks, cuts more edges than metis and far "
+        "fewer than hash; random: uniform random part per node; hash: part from the node id alone, "
+        "no global view needed (default: auto)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of METIS, the random draw or the hash (default: 0)")
+    parser.add_argument(
+        "--memory_gb",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="memory budget that --method auto decides by (default: half of the memory available now)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of METIS, LDG, the random draw or the hash (default: 0)"
+    )
     args = parser.parse_args(argv)
     configure_logging()
-    return run_command(lambda: write_partitions(args.graph, args.partitions, method=args.method, seed=args.seed) and 0)
+
+    def body() -> int:
+        if args.memory_gb is not None and not args.memory_gb > 0:
+            raise ConfigError(f"config key 'memory_gb': expected a positive number of GB, got {args.memory_gb}")
+        write_partitions(args.graph, args.partitions, method=args.method, seed=args.seed, memory_gb=args.memory_gb)
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -13,17 +13,15 @@ import logging
 import sys
 import time
 
-from distgnn.core.checkpoint import BEST_MODEL
 from distgnn.core.cli import configure_logging, run_command, user_path
 from distgnn.core.config import TrainJobConfig, config_from_args, make_parser, replace_nested
 from distgnn.core.errors import ConfigError
 from distgnn.core.rundir import create_run_dir, plot_curves, read_history, results_table
 from distgnn.core.storage import upload
-from distgnn.serving.samples import write_samples
+from distgnn.eval.protocol import SAMPLES_FILE
 from distgnn.training.checks import check_job
-from distgnn.training.launcher import launch, resolve_graph, storage_path, train_in_process
+from distgnn.training.launcher import launch, plan_before_launch, resolve_graph, storage_path, train_in_process
 from distgnn.training.loop import peak_rss_mb
-from distgnn.training.partitioned import SHARDS_DIR, assemble_model
 
 log = logging.getLogger("distgnn.train")
 
@@ -60,16 +58,16 @@ def train_command(args, single: bool) -> int:
         },
     )
     job = resolve_graph(job)
+    plan = None if single else plan_before_launch(job)  # a job that will not fit is refused before any run directory
     run_dir = create_run_dir(job, job.run.output_dir, job.run.name)
     workers = "1 process" if single else f"{job.cluster.num_workers} Ray worker(s)"
     log.info("graph %s, model %s, %s; run directory %s", job.graph, job.model.name, workers, run_dir)
     t0 = time.perf_counter()
-    results = train_in_process(job, run_dir) if single else launch(job, run_dir)
-    if job.cluster.partitioned:  # export reads one model.pt: join the parts' best shards
-        assemble_model(run_dir / SHARDS_DIR, job.cluster.num_workers, run_dir / BEST_MODEL)
+    # the workers write everything, samples.csv included: this process never holds the graph or the model
+    results = train_in_process(job, run_dir) if single else launch(job, run_dir, plan=plan)
     wall_s = time.perf_counter() - t0
     plot = plot_curves(run_dir, read_history(run_dir), job.eval.metric)
-    samples = write_samples(run_dir)  # before the upload: part of the run directory
+    samples = run_dir / SAMPLES_FILE
     if job.run.storage:
         log.info("copied the run directory to %s", upload(run_dir, storage_path(job, run_dir)))
     print(f"\nTest metrics (best epoch {results['best_epoch']}, {results['epochs_run']} epochs, {wall_s:.0f} s wall):")

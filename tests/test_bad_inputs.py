@@ -20,7 +20,10 @@ import pytest
 
 from distgnn.core.config import PrepareConfig
 from distgnn.core.errors import ConfigError
-from distgnn.data.prepare import TEST, TRAIN, check_output_path, empty_split_reasons, prepare, split_interactions
+from distgnn.data.checks import check_output_path
+from distgnn.data.prepare import prepare
+from distgnn.data.readers import TEST, TRAIN, VAL
+from distgnn.data.split import empty_split_reasons, split_interactions
 from distgnn.prepare import main
 
 CORPUS = Path(__file__).parent / "bad_inputs"
@@ -303,9 +306,9 @@ def test_duplicate_across_given_files_with_error_policy_names_both_files(tmp_pat
     assert_one_line_error(code, lines, "test.csv: row 2", "repeated (user, item) pair", "extra_columns.csv row 1")
 
 
-def test_format_csv_on_a_folder(tmp_path, capsys):
+def test_a_folder_is_read_file_by_file_and_fails_on_its_first_bad_file(tmp_path, capsys):
     code, lines = run(["--format", "csv", "--input", str(CORPUS), "--output", str(tmp_path / "g")], capsys)
-    assert_one_line_error(code, lines, CORPUS.name, "is a folder")
+    assert_one_line_error(code, lines, "bad_inputs/binary_garbage.csv", "binary data")  # the first by name
     assert not any(tmp_path.iterdir())
 
 
@@ -561,7 +564,10 @@ def test_empty_split_reasons(method, per_user, given_test, expected):
         seed=0,
         given=given if method == "given" else None,
     )
-    reasons = empty_split_reasons(user, labels, method=method, val_fraction=0.1, test_fraction=0.3)
+    held = {code: int((labels == code).sum()) for code in (VAL, TEST)}
+    pool = labels != TEST if method == "given" else np.ones(user.size, bool)
+    most = int(np.bincount(user[pool]).max())
+    reasons = empty_split_reasons(held, most, method=method, val_fraction=0.1, test_fraction=0.3)
     assert [r.split(":")[0] for r in reasons] == expected
     if method == "leave_one_out":
         assert "needs at least 3 interactions" in reasons[0] and "most any user has is 2" in reasons[0]

@@ -128,22 +128,24 @@ def test_a_driver_sigkilled_mid_run_resumes_from_its_last_checkpoint(tiny_graph,
 # A process that writes a checkpoint with the file write paused half-way, so the test can SIGKILL it
 # while the temporary file is torn (deterministic, no hook in the library).
 KILLED_WHILE_SAVING = """
-import sys, time
+import io, sys, time
 from pathlib import Path
 import torch
-import distgnn.core.files as files
 from distgnn.core.checkpoint import save_checked
 
-def torn_write(tmp, data):
+real_save = torch.save
+
+def torn_save(obj, tmp):  # what save_checked streams into its temporary file, stopped half-way
+    buffer = io.BytesIO()
+    real_save(obj, buffer)
+    data = buffer.getvalue()
     with open(tmp, "wb") as fh:
         fh.write(data[: len(data) // 2])
         fh.flush()
         Path(sys.argv[2]).touch()
         time.sleep(600)
 
-files.write_bytes_atomic = lambda path, data: files.write_atomic(path, lambda tmp: torn_write(tmp, data))
-import distgnn.core.checkpoint as checkpoint
-checkpoint.write_bytes_atomic = files.write_bytes_atomic
+torch.save = torn_save
 save_checked({"model": {"w": torch.full((1000,), 2.0)}, "epoch": 2}, Path(sys.argv[1]))
 """
 

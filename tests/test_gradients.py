@@ -5,15 +5,25 @@ workers."""
 
 import pytest
 import torch
+import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
 from distgnn.nn.models import build_model
 from distgnn.training import gradients
-from distgnn.training.gradients import IndexedSparseAdam, RowShardedSparseAdam, average_dense, row_bounds, unique_rows
+from distgnn.training.gradients import (
+    IndexedSparseAdam,
+    RowShardedSparseAdam,
+    RowSlots,
+    average_dense,
+    owned_average,
+    row_bounds,
+    unique_rows,
+)
 from distgnn.training.objective import make_optimizers
 
 from test_device import UndevicedFactories
 from test_partitioned import run_on_two_ranks
+from test_train import tiny_job
 
 NUM_NODES, DIM = 60, 8
 
@@ -187,36 +197,59 @@ def check_untouched_table(grads0, bias0, steps0, grads1, bias1, steps1):
     assert steps0 == steps1 == [1, 1]  # every block stepped, as the whole table does under DDP
 
 
-def _checkpoint_round_trip(rank):
-    """Train 2 steps, save the gathered state, load it into fresh optimizers, train 2 more; the
-    same as 4 steps straight."""
+def _checkpoint_round_trip(rank, one_worker_shard, job, folder):
+    """Train 2 steps, save each rank's shard of the state (no collective), load both shards into
+    fresh optimizers, train 2 more; the same as 4 steps straight. Also: resume from the shard one
+    worker wrote (its block is the whole table)."""
     straight = make_model("lightgcn")
     opts = make_optimizers(straight, 0.05, row_sharded=True)
     for step in range(4):
         train_step(straight, opts, *subgraph(rank, step, 45), ours=True)
         if step == 1:
             saved_model = {k: v.clone() for k, v in straight.state_dict().items()}
-            saved_state = opts[0].state_dict()
+            shards = [None, None]
+            tdist.all_gather_object(shards, opts[0].shard_state_dict())  # as Ray merges the files
+            whole = opts[0].state_dict()  # the gathered whole tables: the reference
     resumed = make_model("lightgcn")
     resumed.load_state_dict(saved_model)
     fresh = make_optimizers(resumed, 0.05, row_sharded=True)
-    fresh[0].load_state_dict(saved_state)
+    fresh[0].load_shard_states(iter(shards))
     for step in range(2, 4):
         train_step(resumed, fresh, *subgraph(rank, step, 45), ours=True)
-    return straight.state_dict(), resumed.state_dict(), saved_state
+    from_one = make_optimizers(make_model("lightgcn"), 0.05, row_sharded=True)[0]
+    from_one.load_shard_states([one_worker_shard])
+    strategy = _replicated_checkpoint(job, folder)  # the same 2 processes: one start for both
+    return straight.state_dict(), resumed.state_dict(), shards, whole, from_one.state_dict(), strategy
 
 
-def test_checkpoint_resumes_on_two_workers_and_loads_on_one():
-    results = run_on_two_ranks(_checkpoint_round_trip)
-    for straight, resumed, _ in results:
+def one_worker_shard() -> dict:
+    """The shard of the state one worker writes after 2 steps (outside a process group)."""
+    model = make_model("lightgcn")
+    opts = make_optimizers(model, 0.05, row_sharded=True)
+    for step in range(2):
+        train_step(model, opts, *subgraph(0, step, 45), ours=True)
+    return opts[0].shard_state_dict()
+
+
+def test_checkpoint_shards_resume_on_two_workers_and_load_on_one(tiny_graph, tmp_path):
+    single = one_worker_shard()
+    job = tiny_job(tiny_graph, **{"optim.batch_size": 256})
+    results = run_on_two_ranks(_checkpoint_round_trip, single, job, tmp_path)
+    check_replicated_checkpoint(job, tmp_path, *results[0][5])
+    for straight, resumed, _, _, from_one, _ in results:
         assert_same(straight, resumed)
-    saved = results[0][2]
-    for state in saved["state"].values():  # whole tables, as one worker's SparseAdam keeps them
-        assert state["exp_avg"].shape[0] == NUM_NODES
+        for index in single["state"]:  # 2 workers resumed a checkpoint 1 worker wrote
+            assert_same(from_one["state"][index], single["state"][index])
+    shards, whole = results[0][2], results[0][3]
+    for index in whole["state"]:  # each shard holds its block's rows only
+        assert [s["state"][index]["exp_avg"].shape[0] for s in shards] == [NUM_NODES // 2] * 2
     one_worker = make_optimizers(make_model("lightgcn"), 0.05, row_sharded=True)[0]
     assert isinstance(one_worker, RowShardedSparseAdam)
-    one_worker.load_state_dict(saved)  # outside a process group: one worker owning every row
-    assert_same(one_worker.inner.state_dict()["state"][0], saved["state"][0])
+    one_worker.load_shard_states(shards)  # outside a process group: one worker owning every row
+    for index in whole["state"]:
+        assert_same(one_worker.inner.state_dict()["state"][index], whole["state"][index])
+    with pytest.raises(ValueError, match="cover 30 of rows 0..59"):
+        make_optimizers(make_model("lightgcn"), 0.05, row_sharded=True)[0].load_shard_states(shards[:1])
 
 
 @pytest.mark.parametrize("kind", ["row-sharded", "indexed"])
@@ -252,14 +285,33 @@ def test_the_row_update_is_torchs_sparse_adam_to_the_bit(kind):
         assert torch.equal(ours.state_dict()["state"][0][key], theirs.state_dict()["state"][0][key])
 
 
-def test_unique_rows_leave_a_subgraphs_rows_in_place_and_sum_repeats():
+@pytest.mark.parametrize("slots", [None, RowSlots(9, torch.device("cpu"))], ids=["sorting", "slots"])
+def test_unique_rows_leave_a_subgraphs_rows_in_place_and_sum_repeats(slots):
     rows = torch.tensor([7, 2, 5])  # unique, unsorted: taken as they are, no sort
     values = torch.tensor([[1.0], [2.0], [3.0]])
-    got_rows, got_values = unique_rows(torch.sparse_coo_tensor(rows[None], values, (9, 1)))
+    got_rows, got_values = unique_rows(torch.sparse_coo_tensor(rows[None], values, (9, 1)), slots)
     assert got_rows.tolist() == [7, 2, 5] and got_values.tolist() == [[1.0], [2.0], [3.0]]
     repeated = torch.sparse_coo_tensor(torch.tensor([[7, 2, 7]]), values, (9, 1))
-    got_rows, got_values = unique_rows(repeated)  # summed: 7 -> 1 + 3
+    got_rows, got_values = unique_rows(repeated, slots)  # summed: 7 -> 1 + 3
     assert got_rows.tolist() == [2, 7] and got_values.tolist() == [[2.0], [4.0]]
+
+
+def test_owned_average_adds_repeats_in_order_and_never_touches_the_whole_block():
+    """Against a block-sized index_add_ (what the average was), to the bit; the block claims 10^12
+    rows, so any block-sized buffer would fail."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([7, 3, 7, 9, 3, 7, 0])
+    values = torch.randn(7, 4, generator=g)
+    reference = torch.zeros(10, 4).index_add_(0, ids, values) / 2
+    average = owned_average(ids, values, 10**12, 2, RowSlots(10, torch.device("cpu")))
+    rows, got = average._indices()[0], average._values()
+    assert sorted(rows.tolist()) == [0, 3, 7, 9] and average.shape == (10**12, 4)
+    assert torch.equal(got, reference[rows])
+    slots = RowSlots(10, torch.device("cpu"))
+    for batch in (ids, torch.tensor([2, 2]), torch.tensor([], dtype=torch.long)):
+        distinct, slot = slots.assign(batch)
+        assert sorted(distinct.tolist()) == sorted(set(batch.tolist())) and torch.equal(distinct[slot], batch)
+    assert bool((slots.map == -1).all())  # left clean for the next step
 
 
 def test_row_bounds_cover_the_table_in_blocks_that_differ_by_at_most_one():
@@ -268,3 +320,28 @@ def test_row_bounds_cover_the_table_in_blocks_that_differ_by_at_most_one():
         sizes = bounds[1:] - bounds[:-1]
         assert bounds[0] == 0 and bounds[-1] == rows
         assert int(sizes.max() - sizes.min()) <= 1
+
+
+def _replicated_checkpoint(job, folder):
+    """The replicated strategy's checkpoint after 2 steps on this rank: files in ``folder``."""
+    from distgnn.training.loop import train_steps
+    from distgnn.training.replicated import Replicated
+
+    strategy = Replicated(job)
+    loader, _ = strategy.make_loader(0)
+    train_steps(strategy, loader, 2, job.optim, 0)
+    strategy.save_state(folder, 0, [{"epoch": 0}], None)
+    return strategy.model.state_dict(), strategy.optimizers[0].state_dict()
+
+
+def check_replicated_checkpoint(job, folder, model, whole):
+    """The strategy's files: each rank wrote its own (rank 0 the model); the folder restores on
+    one worker, holding both ranks' moment rows and rank 0's loop state."""
+    from distgnn.training.replicated import Replicated
+
+    assert sorted(p.name for p in folder.iterdir()) == ["state-rank-000.pt", "state-rank-001.pt"]
+    one = Replicated(job)
+    assert one.restore(folder) == {"epoch": 0, "history": [{"epoch": 0}], "best": None}
+    assert_same(one.model.state_dict(), model)
+    for index, state in whole["state"].items():
+        assert_same(one.optimizers[0].inner.state_dict()["state"][index], state)

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from distgnn.eval import metrics
 from distgnn.eval.metrics import (
     evaluate_popularity,
     evaluate_ranking,
@@ -13,7 +14,9 @@ from distgnn.eval.metrics import (
     finalize_rating,
     ranking_sums,
     rating_sums,
+    score_pieces,
     topk_items,
+    topk_of_scores,
 )
 
 
@@ -177,6 +180,37 @@ def test_chunked_equals_one_shot(random_case):
     chunked = evaluate_ranking(user_emb, item_emb, users, [train], truth, ks, batch_size=7)
     for name in one_shot:
         assert float(chunked[name]) == pytest.approx(float(one_shot[name]), abs=1e-9), name
+
+
+def test_pieces_bound_the_scores_and_never_drop_below_the_kernels_limit(monkeypatch):
+    monkeypatch.setattr(metrics, "MAX_CHUNK_SCORES", 100)
+    assert score_pieces(10, 20) == [(0, 5), (5, 10)]  # 5 users x 20 items = 100 scores each
+    assert score_pieces(11, 20) == [(0, 5), (5, 11)]  # a remainder of 1 joins the piece before
+    assert score_pieces(14, 20) == [(0, 5), (5, 10), (10, 14)]
+    assert score_pieces(10, 1000) == [(0, 4), (4, 10)]  # never under 4 users
+    assert score_pieces(40, 1000, width=129) == [(0, 16), (16, 40)]  # wider vectors: taller pieces
+    assert score_pieces(2, 1000) == [(0, 2)]  # a chunk of 2 stays whole
+    assert score_pieces(10, None) == [(0, 10)]  # no catalogue size: no split
+
+
+@pytest.mark.parametrize("width", [8, 129])
+def test_scoring_in_pieces_changes_no_bit(random_case, monkeypatch, width):
+    """A catalogue too large for a chunk's scores: the chunk of 42 users is scored in pieces; every
+    score is the unsplit chunk's to the bit (129 wide: 5-row products would differ), the sums are
+    the unsplit ones and the reference's."""
+    _, _, train, truth, ks, _ = random_case
+    g = torch.Generator().manual_seed(width)
+    user_emb, item_emb = torch.randn(50, width, generator=g), torch.randn(40, width, generator=g)
+    users = torch.arange(50)
+    seen = []
+    monkeypatch.setattr(metrics, "topk_of_scores", lambda s, *a: seen.append(s.clone()) or topk_of_scores(s, *a))
+    whole = evaluate_ranking(user_emb, item_emb, users, [train], truth, ks, batch_size=48)
+    whole_scores, seen[:] = torch.cat(seen), []
+    monkeypatch.setattr(metrics, "MAX_CHUNK_SCORES", 5 * item_emb.shape[0])
+    pieces = evaluate_ranking(user_emb, item_emb, users, [train], truth, ks, batch_size=48)
+    assert len(seen) >= 2 and max(s.shape[0] for s in seen) < 42  # 42 users have truth: one chunk
+    assert torch.equal(torch.cat(seen), whole_scores)
+    assert all(torch.equal(pieces[name], whole[name]) for name in whole)
 
 
 def test_sums_of_two_workers_equal_all_at_once(random_case):

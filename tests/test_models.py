@@ -1,16 +1,20 @@
 import torch
 
 from distgnn.data.graph import load_graph
+from distgnn.nn import models
 from distgnn.nn.losses import bpr_loss, info_nce, sampled_softmax_loss
 from distgnn.nn.models import (
     LightGCN,
     build_model,
+    exact_vectors,
     full_adjacency,
     full_graph_embeddings,
     lightgcn_edge_weight,
     sampled_adjacency,
 )
 from distgnn.nn.sampler import sample_subgraph
+
+from test_train import tiny_job
 
 
 def test_edge_weight_is_symmetric_normalisation_when_nothing_is_dropped():
@@ -57,6 +61,48 @@ def test_layerwise_chunks_equal_one_shot_for_every_model(tiny_graph):
             one_shot = model(torch.arange(g.num_nodes), full_adjacency(g.indptr, g.indices))
         chunked = full_graph_embeddings(model, g.indptr, g.indices, chunk_size=61)
         assert torch.allclose(one_shot, chunked, atol=1e-5), name
+
+
+def test_chunks_bounded_by_entries_change_no_bit(tiny_graph, monkeypatch):
+    """Rows cut into pieces of at most 50 adjacency entries give the same bits as whole chunks, for a
+    middle layer (3 layers) and for GraphSAGE's dense projections (never a 1- or 2-row product), and
+    so do the outputs of a subset of rows (a few users, every item)."""
+    g = load_graph(tiny_graph)
+    features = torch.randn(g.num_nodes, 5, generator=torch.Generator().manual_seed(1))
+    rows = torch.cat([torch.tensor([3, 17, 18, 400]), torch.arange(g.num_users, g.num_nodes)])  # what evaluation reads
+    for name, layers in (("lightgcn", 3), ("sage", 2)):
+        torch.manual_seed(0)
+        model = build_model(name, num_nodes=g.num_nodes, dim=8, num_layers=layers, features=features).eval()
+        monkeypatch.setattr(models, "MAX_CHUNK_ENTRIES", 1 << 30)
+        whole = full_graph_embeddings(model, g.indptr, g.indices, chunk_size=61)
+        monkeypatch.setattr(models, "MAX_CHUNK_ENTRIES", 50)
+        assert torch.equal(full_graph_embeddings(model, g.indptr, g.indices, chunk_size=61), whole), name
+        subset = full_graph_embeddings(model, g.indptr, g.indices, chunk_size=61, rows=rows)
+        assert torch.equal(subset, whole[rows]), name
+
+
+def test_exact_vectors_are_the_dense_model_normalised_with_its_bias_column(tiny_graph):
+    """The vectors built in one buffer against the dense computation: ``mean_l A^l x`` normalised
+    for cosine, then ``[1 | t * b]``; the embeddings are computed into the buffer itself."""
+    g = load_graph(tiny_graph)
+    job = tiny_job(tiny_graph, **{"model.item_bias": True, "optim.loss": "softmax", "optim.temperature": 0.2})
+    torch.manual_seed(0)
+    model = build_model("lightgcn", num_nodes=g.num_nodes, dim=8, num_layers=2, item_bias=True)
+    torch.nn.init.normal_(model.bias_embedding.weight)
+    with torch.no_grad():
+        a = full_adjacency(g.indptr, g.indices).to_dense()
+        x = model.embedding.weight
+        dense = (x + a @ x + a @ (a @ x)) / 3
+        expected = torch.cat([torch.nn.functional.normalize(dense, dim=-1), 0.2 * model.bias_embedding.weight], 1)
+    expected[: g.num_users, 8] = 1.0
+    assert job.cosine_scores
+    vectors = exact_vectors(model, g, job, chunk_size=97)
+    assert vectors.shape == (g.num_nodes, 9)
+    torch.testing.assert_close(vectors, expected, rtol=1e-5, atol=1e-6)
+    rows = torch.cat([torch.tensor([0, 9, 100]), torch.arange(g.num_users, g.num_nodes)])
+    assert torch.equal(exact_vectors(model, g, job, chunk_size=97, rows=rows), vectors[rows])
+    buffer = torch.empty(g.num_nodes, 9)
+    assert full_graph_embeddings(model, g.indptr, g.indices, out=buffer[:, :8]).data_ptr() == buffer.data_ptr()
 
 
 def test_bpr_by_hand():

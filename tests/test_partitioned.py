@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.distributed as tdist
@@ -167,14 +168,75 @@ def _exact_embeddings(rank, graph_dir, table):
     return view.partition.nodes, partitioned_embeddings(model, view)
 
 
-def test_partitioned_layerwise_inference_equals_whole_graph(parted_graph):
+def _vectors_items_and_samples(rank, graph_dir, table, bias, run_dir):
+    from distgnn.eval.protocol import ScoringVectors
+    from distgnn.training.partitioned import Partitioned, gather_items
+
+    three_layers = _exact_embeddings(rank, graph_dir, table[:, :8])  # one start of 2 processes for both tests
+    job = tiny_job(graph_dir, **VECTOR_JOB)
+    strategy = Partitioned(job)
+    nodes = strategy.view.partition.nodes
+    with torch.no_grad():
+        strategy.model.embedding.weight.copy_(table[nodes])
+        strategy.model.bias_embedding.weight.copy_(bias[nodes])
+    vectors = strategy.vectors()
+    owned_users = strategy.view.num_owned_users
+    items = gather_items(vectors[owned_users:], strategy.view)
+    strategy.write_samples(Path(run_dir), ScoringVectors(vectors, None, owned_users), strategy.sample_users())
+    rows = torch.cat([torch.tensor([1, 4]), torch.arange(owned_users, nodes.numel())])  # what evaluation reads
+    assert torch.equal(strategy.vectors(rows), vectors[rows])  # the last layer for these rows only
+    return nodes, vectors, items, three_layers
+
+
+VECTOR_JOB = {
+    "cluster.partitioned": True,
+    "cluster.num_workers": 2,
+    "model.item_bias": True,
+    "optim.loss": "softmax",
+    "optim.temperature": 0.2,
+}
+
+
+def test_partitioned_inference_vectors_gathered_items_and_samples_are_the_whole_graphs(parted_graph, tmp_path):
+    """Layer-wise inference (3 layers) and each part's scoring vectors (2 layers, cosine, item-bias
+    column) against the whole graph's; every worker's gathered items are the owners' rows exactly;
+    samples.csv ranks the users the replicated strategy picks, from the whole graph's CSRs."""
+    from distgnn.eval.protocol import excluded, sample_users, top_items
+    from distgnn.nn.models import exact_vectors
+
     g = load_graph(parted_graph)
-    table = torch.randn(g.num_nodes, 8)
+    table, bias = torch.randn(g.num_nodes, 32), torch.randn(g.num_nodes, 1)
+    results = run_on_two_ranks(_vectors_items_and_samples, parted_graph, table, bias, str(tmp_path))
+    check_layerwise_inference(g, table[:, :8], [r[3] for r in results])
+    whole = LightGCN(g.num_nodes, 32, num_layers=2, item_bias=True)
+    with torch.no_grad():
+        whole.embedding.weight.copy_(table)
+        whole.bias_embedding.weight.copy_(bias)
+    expected = exact_vectors(whole, g, tiny_job(parted_graph, **VECTOR_JOB))
+    assembled = torch.empty_like(expected)
+    for nodes, vectors, _, _ in results:
+        assert torch.equal(vectors, expected[nodes])
+        assembled[nodes] = vectors
+    for _, _, items, _ in results:
+        assert torch.equal(items, assembled[g.num_users :])
+    users = sample_users(torch.nonzero(g.test.counts > 0).flatten(), 5)
+    topk, _ = top_items(None, assembled[users], assembled[g.num_users :], users, excluded(g, "test"), 10)
+    rows = (tmp_path / "samples.csv").read_text().splitlines()
+    assert len(rows) == 1 + 50
+    user_ids = pq.read_table(g.path / "users.parquet")["raw_id"].to_pylist()
+    item_ids = pq.read_table(g.path / "items.parquet")["raw_id"].to_pylist()
+    shown = [line.split(",")[:3] for line in rows[1:]]
+    want = [[f'"{user_ids[u]}"', str(r + 1), f'"{item_ids[i]}"'] for u, t in zip(users, topk) for r, i in enumerate(t)]
+    assert shown == want
+
+
+def check_layerwise_inference(g, table, results):
+    """Each part's exact embeddings (3 layers, :func:`_exact_embeddings`) are the whole graph's."""
     whole = LightGCN(g.num_nodes, 8, num_layers=3)
     whole.embedding.weight.data.copy_(table)
     expected = full_graph_embeddings(whole, g.indptr, g.indices)
-    for nodes, emb in run_on_two_ranks(_exact_embeddings, parted_graph, table):
-        assert torch.allclose(emb, expected[nodes], atol=1e-5)
+    for nodes, emb in results:
+        assert torch.equal(emb, expected[nodes])  # the same sums in the same order: the same bits
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -340,10 +402,12 @@ def ray_session(tmp_path_factory):
 @pytest.mark.slow
 def test_two_ray_workers_train_on_their_parts_and_survive_a_crash(parted_graph, tmp_path, ray_session):
     """Ray Train with 2 workers, each loading only its part; worker 0 dies in epoch 2 and both
-    resume from their own checkpoint shards. The driver then joins the best shards for export."""
-    from distgnn.core.checkpoint import load_model_state
+    resume from their own checkpoint shards. Export's loader reads the best shards (no process
+    joined them), and the workers wrote samples.csv."""
+    from distgnn.core.checkpoint import load_checked, shard_file
+    from distgnn.serving.export import load_run
     from distgnn.training.launcher import launch
-    from distgnn.training.partitioned import SHARDS_DIR, assemble_model
+    from distgnn.training.partitioned import SHARDS_DIR
 
     job = tiny_job(
         parted_graph,
@@ -360,10 +424,13 @@ def test_two_ray_workers_train_on_their_parts_and_survive_a_crash(parted_graph, 
     assert (run_dir / ".crashed-once").exists()
     assert [h["epoch"] for h in read_history(run_dir)] == [0, 1, 2, 3]
     assert results["partitioned"] and results["test"]["recall@20"] > 1.4 * results["popularity_test"]["recall@20"]
-    assemble_model(run_dir / SHARDS_DIR, 2, run_dir / "model.pt")
-    table = load_model_state(run_dir / "model.pt")["model"]["embedding.weight"]
+    table = load_run(run_dir)[1].embedding.weight
     assert table.shape == (load_graph(parted_graph).num_nodes, 32)
+    for part in range(2):  # every row is its owner's best row
+        shard = load_checked(shard_file(run_dir / SHARDS_DIR, part), "model shard")
+        assert torch.equal(table[shard["nodes"]], shard["model"]["embedding.weight"])
     assert json.loads((run_dir / "results.json").read_text())["test"] == results["test"]
+    assert len((run_dir / "samples.csv").read_text().splitlines()) == 1 + 50
 
 
 def test_row_chunks_bound_entries_and_cover_every_row():

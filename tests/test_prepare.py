@@ -9,8 +9,11 @@ import torch
 from distgnn.core.config import PrepareConfig, SyntheticConfig
 from distgnn.core.errors import DataError
 from distgnn.data.graph import load_graph, verify_graph_dir
-from distgnn.data.prepare import TEST, TRAIN, VAL, build_csr, deduplicate, prepare, split_interactions
+from distgnn.data.prepare import prepare
+from distgnn.data.readers import TEST, TRAIN, VAL
+from distgnn.data.split import deduplicate, split_interactions
 from distgnn.data.synthetic import generate
+from distgnn.data.writing import build_csr
 from distgnn.prepare import main
 
 from conftest import shared_dataset

@@ -19,16 +19,11 @@ from hypothesis import strategies as st
 
 from distgnn.core.config import PrepareConfig
 from distgnn.core.errors import ConfigError
+from distgnn.data.features import FeatureTable, feature_matrix
 from distgnn.data.graph import load_graph
-from distgnn.data.prepare import (
-    TRAIN,
-    FeatureTable,
-    deduplicate,
-    feature_matrix,
-    pair_totals,
-    prepare,
-    split_interactions,
-)
+from distgnn.data.prepare import prepare
+from distgnn.data.readers import TRAIN
+from distgnn.data.split import deduplicate, pair_totals, split_interactions
 
 from conftest import shared_dataset
 

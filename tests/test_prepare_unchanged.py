@@ -212,7 +212,11 @@ def content_digest(path: Path, old_config_keys: list[str] | None = None) -> str:
         config = meta.pop("prepare_config", {})
         keys = list(config) if old_config_keys is None else old_config_keys
         # the input paths of a case live in a temporary folder: compare their file names
-        kept = {k: (Path(v).name if k in INPUT_KEYS and v else v) for k, v in config.items() if k in keys}
+        kept = {
+            k: (Path(v).name if k in INPUT_KEYS and v else v)
+            for k, v in config.items()
+            if k in keys and k not in CHANGED_DEFAULTS
+        }
         kind, _, where = meta["source"].partition(":")
         meta["source"] = f"{kind}:{Path(where).name}" if where else kind
         if "files" in meta.get("split", {}):
@@ -223,6 +227,9 @@ def content_digest(path: Path, old_config_keys: list[str] | None = None) -> str:
     return h.hexdigest()
 
 
+# options whose default changed on purpose since 7f1e850 (recorded in meta.json's prepare_config, which
+# the graph's other files do not depend on)
+CHANGED_DEFAULTS = {"partition_method": "metis -> auto: METIS where its memory fits, else a streaming partitioner"}
 INPUT_KEYS = ("input", "val_input", "test_input", "user_features", "item_features", "output")
 
 

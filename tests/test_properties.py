@@ -17,7 +17,10 @@ from hypothesis import strategies as st
 
 from distgnn.core.config import PrepareConfig
 from distgnn.core.errors import DataError
-from distgnn.data.prepare import MISSING_ID_MARKERS, TEST, TRAIN, VAL, deduplicate, prepare, split_interactions
+from distgnn.data.checks import MISSING_ID_MARKERS
+from distgnn.data.prepare import prepare
+from distgnn.data.readers import TEST, TRAIN, VAL
+from distgnn.data.split import deduplicate, split_interactions
 
 FEW = settings(max_examples=40, deadline=None)
 

@@ -1,6 +1,7 @@
 """Run directories and exports on S3, end to end against a real S3-compatible server (moto's
 standalone server, started by the test on 127.0.0.1)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -8,12 +9,16 @@ import sys
 import time
 import urllib.request
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import distgnn
+from distgnn.core.config import PrepareConfig
 from distgnn.core.errors import DataError
 from distgnn.core.files import MARKER, write_marker
 from distgnn.core.storage import download, upload
+from distgnn.data.prepare import prepare
 
 from test_train import tiny_train_command
 
@@ -88,6 +93,31 @@ def test_a_folder_round_trips_and_an_incomplete_one_is_refused(s3, tmp_path):
     s3.delete_object(Bucket=BUCKET, Key=f"round/exp/{MARKER}")
     with pytest.raises(DataError, match="not a complete distgnn folder"):
         download(f"s3://{BUCKET}/round/exp")
+
+
+def test_prepare_reads_a_log_under_an_s3_prefix_as_the_same_files_locally(s3, tmp_path):
+    """Parquet and CSV parts under s3://bucket/logs/ give the graph the same parts give from a local
+    folder (prepare reads URIs through pyarrow's filesystems)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    rows = [(f"u{k % 37}", f"i{(k * 7) % 53}", k) for k in range(600)]
+    (logs / "part-0.csv").write_text("user,item,ts\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows[:300]))
+    pq.write_table(
+        pa.table(
+            {"user": [r[0] for r in rows[300:]], "item": [r[1] for r in rows[300:]], "ts": [r[2] for r in rows[300:]]}
+        ),
+        logs / "part-1.parquet",
+    )
+    for path in logs.iterdir():
+        s3.upload_file(str(path), BUCKET, f"logs/{path.name}")
+    options = {"time_col": "ts", "duplicates": "first", "split": "temporal"}
+    local = prepare(PrepareConfig(input=str(logs), output=str(tmp_path / "local"), **options))
+    remote = prepare(PrepareConfig(input=f"s3://{BUCKET}/logs/", output=str(tmp_path / "remote"), **options))
+    for name in ("train.parquet", "val.parquet", "test.parquet", "users.parquet", "items.parquet", "graph/indices.npy"):
+        assert (remote / name).read_bytes() == (local / name).read_bytes(), name
+    assert json.loads((remote / "meta.json").read_text())["source"] == f"csv:s3://{BUCKET}/logs/"
+    with pytest.raises(DataError, match=f"s3://{BUCKET}/nothing-here: no such file or folder"):
+        prepare(PrepareConfig(input=f"s3://{BUCKET}/nothing-here", output=str(tmp_path / "none")))
 
 
 @pytest.mark.slow

@@ -51,6 +51,9 @@ def test_shards_partition_the_training_edges(tiny_graph):
     pairs = [tuple(p) for s in shards for p in s.t().tolist()]
     user, item = g.train_edges
     assert sorted(pairs) == sorted(zip(user.tolist(), (item + g.num_users).tolist()))
+    # in the shard's own order (the loader's): the edges at its positions of the whole list
+    positions = distgnn.training.replicated.shard_positions(item.numel(), 1, 3, seed=0)
+    assert torch.equal(shards[1], torch.stack([user[positions], item[positions] + g.num_users]))
 
 
 def test_positive_cells_by_hand(tiny_graph):
@@ -108,6 +111,21 @@ def spy(monkeypatch, module, name: str, calls: list):
         return result
 
     monkeypatch.setattr(module, name, wrapper)
+
+
+def test_an_epoch_leaves_no_gradient_behind_for_evaluation(tiny_graph):
+    """The last step's gradients (every touched row, sparse) are dropped when the epoch ends, so
+    evaluation's tables never sit next to them; and the step ran (the table changed)."""
+    from distgnn.training.loop import train_steps
+
+    job = tiny_job(tiny_graph, **{"model.item_bias": True, "optim.loss": "softmax"})
+    strategy = Replicated(job)
+    before = strategy.model.embedding.weight.detach().clone()
+    loader, _ = strategy.make_loader(0)
+    train_steps(strategy, loader, 2, job.optim, 0)
+    assert not torch.equal(before, strategy.model.embedding.weight)
+    params = [*strategy.model.parameters(), *strategy.optimizers[0].shards]
+    assert all(p.grad is None for p in params)
 
 
 @pytest.mark.parametrize("on", [False, True])

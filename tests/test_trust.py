@@ -14,11 +14,21 @@ import pytest
 import torch
 
 import distgnn
-from distgnn.core.checkpoint import BEST_MODEL, load_checked, load_model_state, save_checked
+from distgnn.core.checkpoint import (
+    BEST_MODEL,
+    load_checked,
+    load_model_into,
+    load_model_state,
+    payload_digest,
+    save_checked,
+    save_model_shard,
+    save_sharded_model,
+)
 from distgnn.core.errors import DataError
 from distgnn.core.files import MARKER, atomic_folder, check_plain_name, folder_kind
 from distgnn.core.rundir import create_run_dir
 from distgnn.export import main as export_main
+from distgnn.nn.models import LightGCN
 from distgnn.recommend import main as recommend_main
 from distgnn.serving.export import export, read_manifest
 from distgnn.training.launcher import train_in_process as train_loop
@@ -339,3 +349,45 @@ def test_checked_save_is_a_single_self_contained_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
     raw = torch.load(io.BytesIO((tmp_path / "m.pt").read_bytes()), weights_only=True)
     assert set(raw) == {"format", "payload", "sha256"}
+
+
+def test_the_digest_is_the_one_files_were_written_with():
+    """The digest of a payload's content, as distgnn has always computed it (this value came from
+    the release before the digest stopped copying each tensor): files written before still verify."""
+    payload = {
+        "model": {
+            "w": torch.arange(6.0).view(2, 3),
+            "b": torch.tensor([1, 2]),
+            "h": torch.ones(3, dtype=torch.bfloat16),
+        },
+        "epoch": 3,
+        "e": torch.zeros(0),
+        "l": [1.5, "x", None],
+    }
+    assert payload_digest(payload) == "802ec84a0c8fcd4518753f092c42e9a1258442387ef3054c2633f5d61462d226"
+
+
+def sharded_run(folder: Path, epochs=(4, 4, 4)) -> tuple[torch.Tensor, LightGCN]:
+    """A 10-node model kept as 2 shards (nodes 0,3,4,7 and 1,2,5,6,8,9) and the model.pt naming them."""
+    table = torch.randn(10, 3)
+    parts = [torch.tensor([0, 3, 4, 7]), torch.tensor([1, 2, 5, 6, 8, 9])]
+    for part, (nodes, epoch) in enumerate(zip(parts, epochs[1:])):
+        save_model_shard(folder / "model-parts", part, nodes, {"embedding.weight": table[nodes]}, {"epoch": epoch})
+    save_sharded_model(
+        folder / BEST_MODEL, {"embedding.weight": table[:4]}, {"epoch": epochs[0]}, folder="model-parts", num_parts=2
+    )
+    return table, LightGCN(10, 3, num_layers=1)
+
+
+def test_a_sharded_model_loads_row_by_row_and_refuses_a_stale_or_missing_shard(tmp_path):
+    table, model = sharded_run(tmp_path)
+    assert "embedding.weight" not in load_model_state(tmp_path / BEST_MODEL)["model"]  # no table in model.pt
+    assert load_model_into(tmp_path / BEST_MODEL, model) == {"epoch": 4}
+    assert torch.equal(model.embedding.weight.detach(), table)
+    sharded_run(tmp_path, epochs=(4, 4, 3))  # part 1 from an older best epoch
+    with pytest.raises(DataError, match="part-001.pt: a shard of epoch 3, but model.pt is of epoch 4"):
+        load_model_into(tmp_path / BEST_MODEL, model)
+    sharded_run(tmp_path)
+    (tmp_path / "model-parts" / "part-000.pt").unlink()
+    with pytest.raises(DataError, match="part-000.pt: no such file"):
+        load_model_into(tmp_path / BEST_MODEL, model)

@@ -66,8 +66,9 @@ class PrepareConfig:
 
     input: str = opt(
         "",
-        "input path: a CSV/Parquet file, a MovieLens file or folder, a LightGCN folder "
-        "(train.txt/test.txt); empty = the synthetic generator. With --split given and "
+        "input: a CSV/Parquet file, a folder of them or a URI prefix (s3://bucket/logs/: "
+        "every CSV/Parquet file below it, in name order), a MovieLens file or folder, a LightGCN "
+        "folder (train.txt/test.txt); empty = the synthetic generator. With --split given and "
         "--test_input: the training part",
     )
     val_input: str = opt(
@@ -246,17 +247,30 @@ class PrepareConfig:
         "value), plus one 'other' column when a feature has more",
         minimum=1,
     )
+    memory_gb: float = opt(
+        4.0,
+        "memory prepare may use, in GB: DuckDB, which groups and sorts the interactions, gets three "
+        "quarters and spills the rest to disk (work_dir); the other quarter holds a batch of rows "
+        "and the per-node arrays (id maps, features). Any log size fits; more memory is faster",
+    )
+    work_dir: str = opt(
+        "",
+        "folder for prepare's working files (DuckDB's database and spills, about the size of the "
+        "input as Parquet), removed at the end; empty = inside the output's temporary folder",
+    )
+    threads: int = opt(0, "threads DuckDB may use; 0 = every core", minimum=0)
     partitions: int = opt(
         0,
         "also split the graph into this many parts, one per worker, written to "
         "OUTPUT/parts/ (see python -m distgnn.partition); 0 or 1 = no parts",
     )
     partition_method: str = opt(
-        "metis",
-        "how nodes are assigned to parts: metis (fewest edges between "
-        "parts, balanced by edges; needs pymetis), random, or hash of "
-        "the node id",
-        choices=("metis", "random", "hash"),
+        "auto",
+        "how nodes are assigned to parts: auto (metis when its predicted memory fits half the memory "
+        "available now, else ldg; the choice and why are logged), metis (fewest edges between parts, "
+        "balanced by edges; holds the whole graph several times over), ldg (streaming balanced "
+        "partitioner, reads the graph in chunks), random, or hash of the node id",
+        choices=("auto", "metis", "ldg", "random", "hash"),
     )
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 

@@ -29,7 +29,7 @@ from distgnn.core.errors import DataError
 from distgnn.core.version import VERSION
 
 MARKER = ".distgnn.json"
-KINDS = ("graph", "export", "run", "parts", "tune")
+KINDS = ("graph", "export", "run", "parts", "tune", "log")  # log: the synthetic generator's Parquet log
 # Folders written before markers existed are recognised by the file only that kind writes.
 # Parts first: a parts folder also holds a meta.json.
 _LEGACY_SIGNATURES = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +43,39 @@ def csr_row_positions(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     return segment, position
 
 
+def row_chunks(indptr: Tensor, max_entries: int, *, max_rows: int | None = None) -> list[tuple[int, int]]:
+    """Consecutive ``(start, end)`` row ranges of a CSR holding at most ``max_entries`` entries and
+    ``max_rows`` rows each (a single row longer than that gets a range of its own). Rows, not
+    entries, are the natural unit, but power-law graphs put 10^4-10^5 entries in one hub row: a
+    chunk's adjacency and its temporaries are bounded by entries."""
+    num_rows, bounds = indptr.numel() - 1, [0]
+    max_rows = num_rows if max_rows is None else max_rows
+    while bounds[-1] < num_rows:
+        start = bounds[-1]
+        end = int(torch.searchsorted(indptr, indptr[start] + max_entries, right=True)) - 1
+        bounds.append(min(max(end, start + 1), start + max_rows, num_rows))
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Loading a prepared graph directory (written by distgnn.prepare)
 
 SPLITS = ("train", "val", "test")
+
+
+class ShiftedIndices:
+    """``base - shift`` for the entries read (``indices[positions]``): a CSR of item node ids
+    read as item indices without an ``[nnz]`` copy (8 bytes per training edge). What exclusion
+    reads of the training graph's CSR; :func:`distgnn.eval.metrics.topk_of_scores` only indexes."""
+
+    def __init__(self, base: Tensor, shift: int):
+        self.base, self.shift = base, shift
+
+    def __getitem__(self, positions: Tensor) -> Tensor:
+        return self.base.index_select(0, positions) - self.shift
+
+    def numel(self) -> int:
+        return self.base.numel()
 
 
 @dataclass(frozen=True)
@@ -62,7 +92,10 @@ class ItemSets:
 
 @dataclass(frozen=True)
 class Graph:
-    """A prepared user-item graph. Arrays are memory-mapped, so workers share the page cache."""
+    """A prepared user-item graph. Arrays are memory-mapped, so workers share the page cache. The
+    per-user item sets are built on first use (a process that only checks a graph, such as the
+    training driver, never pays for them): ``train`` costs ``8 E`` bytes (item indices), ``val``
+    and ``test`` ``8 (U + n)`` each."""
 
     path: Path
     meta: dict
@@ -70,11 +103,37 @@ class Graph:
     num_items: int
     indptr: Tensor  # [N+1] int64 CSR of the training graph, homogeneous numbering
     indices: Tensor  # [2E] int64
-    train: ItemSets
-    val: ItemSets
-    test: ItemSets
     user_features: Tensor | None  # [U, Fu] float32
     item_features: Tensor | None  # [I, Fi] float32
+
+    @cached_property
+    def train(self) -> ItemSets:
+        """Training items of every user: the CSR's user rows, item node ids turned into item indices."""
+        user_rows = int(self.indptr[self.num_users])
+        return ItemSets(self.indptr[: self.num_users + 1], self.indices[:user_rows] - self.num_users)
+
+    @property
+    def train_csr(self) -> tuple[Tensor, ShiftedIndices]:
+        """``(indptr [U+1], item indices)``: :attr:`train` read in place from the CSR (no copy)."""
+        user_rows = int(self.indptr[self.num_users])
+        return self.indptr[: self.num_users + 1], ShiftedIndices(self.indices[:user_rows], self.num_users)
+
+    @cached_property
+    def val(self) -> ItemSets:
+        return self._held_out_sets("val")
+
+    @cached_property
+    def test(self) -> ItemSets:
+        return self._held_out_sets("test")
+
+    def _held_out_sets(self, split: str) -> ItemSets:
+        table = pq.read_table(self.path / f"{split}.parquet", columns=["user", "item"])
+        return item_sets_from_pairs(table["user"].to_numpy(), table["item"].to_numpy(), self.num_users)
+
+    @property
+    def num_train_edges(self) -> int:
+        """``E``: training edges (the CSR's user rows), without building :attr:`train`."""
+        return int(self.indptr[self.num_users])
 
     @property
     def num_nodes(self) -> int:
@@ -91,8 +150,16 @@ class Graph:
         user = torch.repeat_interleave(torch.arange(self.num_users), self.train.counts)
         return user, self.train.indices
 
+    def train_edges_at(self, positions: Tensor) -> Tensor:
+        """``edge_label_index [2, n]`` (user node, item node) of the training edges at ``positions``
+        (in :attr:`train_edges` order, the CSR's): only ``[n]``-sized work, never ``[E]``-sized."""
+        user = torch.searchsorted(self.indptr[: self.num_users + 1], positions, right=True) - 1
+        return torch.stack([user, self.indices.index_select(0, positions)])
+
     def split(self, name: str) -> ItemSets:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
+        if name not in SPLITS:
+            raise KeyError(name)
+        return getattr(self, name)  # only the one asked for: the training sets are built on use
 
     def columns(self, split: str) -> list[str]:
         """The value columns a split's Parquet file holds beyond user and item (rating, weight, ...)."""
@@ -117,10 +184,17 @@ class Graph:
         each batch's edges. Pairs are unique, so sorting by (user, item) aligns the two."""
         table = self._read_split("train", column)
         user, item = table["user"].to_numpy(), table["item"].to_numpy()
-        if user.size != self.train.indices.numel():
-            raise DataError(f"{self.path}/train.parquet: {user.size} rows, the graph has {self.train.indices.numel()}")
+        if user.size != self.num_train_edges:
+            raise DataError(f"{self.path}/train.parquet: {user.size} rows, the graph has {self.num_train_edges}")
         order = np.lexsort((item, user))
         return torch.from_numpy(table[column].to_numpy().astype(np.float32)[order])
+
+    def value_range(self, split: str, column: str) -> tuple[float, float]:
+        """Lowest and highest float32 value of a split's column (no sort, no user or item read)."""
+        self.require_column(split, column)
+        values = pq.read_table(self.path / f"{split}.parquet", columns=[column])[column].to_numpy()
+        values = values.astype(np.float32)
+        return float(values.min()), float(values.max())
 
     def held_out(self, split: str, column: str) -> tuple[Tensor, Tensor, Tensor]:
         """``(user [n], item [n], value [n] float32)`` of a held-out split's column (e.g. rating)."""
@@ -183,12 +257,6 @@ def load_graph(path: str | Path, *, verify: bool = False) -> Graph:
     indices = _load_npy(path / "graph" / "indices.npy")
     if indptr.numel() != num_users + num_items + 1:
         raise DataError(f"{path}/graph/indptr.npy: expected {num_users + num_items + 1} entries, got {indptr.numel()}")
-    user_rows = int(indptr[num_users])
-    train = ItemSets(indptr[: num_users + 1], indices[:user_rows] - num_users)
-    sets = {}
-    for name in ("val", "test"):
-        table = pq.read_table(path / f"{name}.parquet", columns=["user", "item"])
-        sets[name] = item_sets_from_pairs(table["user"].to_numpy(), table["item"].to_numpy(), num_users)
     features = {}
     for kind in ("user", "item"):
         file = path / "features" / f"{kind}.npy"
@@ -200,9 +268,6 @@ def load_graph(path: str | Path, *, verify: bool = False) -> Graph:
         num_items=num_items,
         indptr=indptr,
         indices=indices,
-        train=train,
-        val=sets["val"],
-        test=sets["test"],
         user_features=features["user"],
         item_features=features["item"],
     )

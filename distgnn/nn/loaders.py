@@ -98,6 +98,8 @@ def link_loader(
     ahead each. ``device`` is where the sampler returns its tensors (:attr:`NeighborSampler.device`);
     ``pin_memory`` pins CPU batches for non-blocking copies to a GPU."""
     prefetch = {"num_workers": num_workers, "persistent_workers": True, "prefetch_factor": 2} if num_workers else {}
+    if num_nodes < 2**31:  # PyG's LinkLoader keeps the edges and a copy of each of their rows: int32
+        edge_label_index = edge_label_index.to(torch.int32)  # ids halve that (the sampler reads int64)
     # The graph itself lives in the sampler; LinkLoader only needs an `edge_index` key to emit the
     # sampled one, which PyG moves to this placeholder's device.
     data = Data(num_nodes=num_nodes, edge_index=torch.empty(2, 0, dtype=torch.long, device=device))

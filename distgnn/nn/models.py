@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import LGConv, SAGEConv
 
 from distgnn.core.config import ModelConfig, TrainJobConfig
-from distgnn.data.graph import Graph, csr_row_positions
+from distgnn.data.graph import Graph, csr_row_positions, row_chunks
 
 # torch's CSR tensors are stable for the sparse @ dense products used here; its "beta" notice is noise.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -98,6 +98,10 @@ class Recommender(nn.Module):
 
     mean_of_layers = False  # output = last layer; LightGCN overrides: the mean of layers 0..L
     pair_model = False  # scores are inner products of outputs; NCF overrides: an MLP scores a pair
+    # whether :meth:`layer` computes each output row from its own adjacency row alone, in an order
+    # that does not depend on the rows computed with it (a sparse product, no dense projection):
+    # then layer-wise inference may cut chunks anywhere without changing a bit
+    rows_alone = False
 
     def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False, rating: bool = False):
         super().__init__()
@@ -194,6 +198,7 @@ class LightGCN(Recommender):
     estimate (:func:`sampled_adjacency`)."""
 
     mean_of_layers = True
+    rows_alone = True  # a sparse product only
 
     def __init__(self, num_nodes: int, dim: int, num_layers: int, *, item_bias: bool = False, rating: bool = False):
         super().__init__(num_nodes, dim, num_layers, item_bias=item_bias, rating=rating)
@@ -332,63 +337,219 @@ def model_from_config(cfg: ModelConfig, graph: Graph, *, task: str = "ranking") 
     )
 
 
+# Adjacency entries per piece of layer-wise inference: its index and weight temporaries take ~60
+# bytes an entry (~60 MB), whatever the degrees (a chunk of rows alone is unbounded: hub items).
+MAX_CHUNK_ENTRIES = 1 << 20
+
+
+def inference_pieces(
+    indptr: Tensor,
+    chunk_size: int,
+    *,
+    rows: Tensor | None = None,
+    cut: bool = True,
+    max_entries: int | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """What one layer of :func:`full_graph_embeddings` computes at a time: ``(ids, kept)`` pairs,
+    ``ids [m]`` ascending node ids computed together and ``kept [k]`` the positions in ``ids`` of
+    the rows asked (``rows``, default all; in order, over all pieces). Pieces lie within the grid
+    of ``chunk_size`` rows (the chunks this function has always used). With ``cut`` (a model whose
+    layer computes each row alone, :attr:`Recommender.rows_alone`) a piece holds the rows asked
+    and at most ``max_entries`` adjacency entries (a hub row alone may hold more); without, a
+    piece is a whole grid chunk holding rows asked: dense projections take other kernels, so
+    other bits, for other numbers of rows (measured: 1-15 rows differ at width 513)."""
+    max_entries = MAX_CHUNK_ENTRIES if max_entries is None else max_entries
+    num_nodes, pieces = indptr.numel() - 1, []
+    for first in range(0, num_nodes, chunk_size):
+        last = min(first + chunk_size, num_nodes)
+        grid = torch.arange(first, last, device=indptr.device)
+        if rows is None:
+            asked = grid
+        else:
+            asked = rows[int(torch.searchsorted(rows, first)) : int(torch.searchsorted(rows, last))]
+        if asked.numel() == 0:
+            continue
+        if not cut:
+            pieces.append((grid, asked - first))
+            continue
+        degree = indptr.index_select(0, asked + 1) - indptr.index_select(0, asked)
+        for a, b in row_chunks(torch.cat([degree.new_zeros(1), torch.cumsum(degree, 0)]), max_entries):
+            pieces.append((asked[a:b], torch.arange(b - a, device=indptr.device)))
+    return pieces
+
+
 @torch.no_grad()
 def full_graph_embeddings(
-    model: Recommender, indptr: Tensor, indices: Tensor, *, chunk_size: int = 65536, progress: bool = False
+    model: Recommender,
+    indptr: Tensor,
+    indices: Tensor,
+    *,
+    chunk_size: int = 65536,
+    progress: bool = False,
+    out: Tensor | None = None,
+    rows: Tensor | None = None,
 ) -> Tensor:
-    """Exact embeddings of every node, layer by layer over the whole graph (no sampling).
+    """Exact embeddings of every node (or of the nodes ``rows``), layer by layer over the whole
+    graph (no sampling).
 
-    Each layer is materialised for all nodes before the next, in chunks of destination rows, so
-    the cost is ``O(E * L * dim)`` and peak memory is a few ``[N, dim]`` tables.
+    Each layer is materialised for all nodes before the next, in chunks of ``chunk_size``
+    destination rows cut into pieces of at most :data:`MAX_CHUNK_ENTRIES` adjacency entries
+    (:func:`inference_pieces`), so the cost is ``O(E * L * dim)``. The last layer is computed for
+    the rows asked only. Memory beyond the model: the output ``[R, dim]`` (``out``, when given: the
+    first columns of the scoring vectors, see :func:`exact_vectors`), and one ``[N, dim]`` layer
+    (two while a middle layer of a 3+-layer model is built). The id table is read in place as the
+    first layer's input, and the last layer goes into the output piece by piece, never whole.
+
+    Args:
+        rows: ``[R]`` ascending node ids whose outputs are wanted (evaluation reads a sample of the
+            users and every item); None: every node. A row's numbers are the same either way.
 
     Runs on the device of the model's weights (the graph stays on the CPU; each chunk's adjacency
-    is moved over). Returns ``[N, dim]`` float32 on the CPU.
+    is moved over). Returns ``[R, dim]`` float32 on the CPU (``out`` itself when given).
     """
     from tqdm import tqdm
 
     num_nodes = indptr.numel() - 1
     device = model.embedding.weight.device
-    x = model.inputs(torch.arange(num_nodes, device=device)).detach()
-    out = model.readout(None, x)
-    chunks = [(layer, start) for layer in range(model.num_layers) for start in range(0, num_nodes, chunk_size)]
-    nxt = torch.empty_like(x)
-    for layer, start in tqdm(chunks, desc="layer-wise inference", unit="chunk", disable=not progress):
-        rows = torch.arange(start, min(start + chunk_size, num_nodes), device=indptr.device)
-        adj_t = full_adjacency(indptr, indices, rows=rows).to(device)
-        nxt[start : start + rows.numel()] = model.layer(layer, x, adj_t, x[start : start + rows.numel()])
-        if start + chunk_size >= num_nodes:  # layer complete: it becomes the next layer's input
-            x, nxt = nxt, torch.empty_like(nxt)
-            out = model.readout(out, x)
-    return out.cpu()
+    if model.inputs_are_ego:  # the id embeddings are the inputs: read the table, copy nothing
+        x = model.embedding.weight.detach()
+    else:
+        x = model.inputs(torch.arange(num_nodes, device=device)).detach()
+    num_rows = num_nodes if rows is None else rows.numel()
+    if out is None:
+        out = torch.empty(num_rows, x.shape[1], dtype=x.dtype, device="cpu")
+
+    def rows_of(table: Tensor, start: int, end: int) -> Tensor:  # table's rows at output rows start..end-1
+        return table[start:end] if rows is None else table.index_select(0, rows[start:end].to(table.device))
+
+    for start in range(0, num_rows, chunk_size):
+        out[start : start + chunk_size] = model.readout(None, rows_of(x, start, start + chunk_size)).cpu()
+    every_row = inference_pieces(indptr, chunk_size, cut=model.rows_alone)
+    wanted = every_row if rows is None else inference_pieces(indptr, chunk_size, rows=rows, cut=model.rows_alone)
+    bar = tqdm(
+        total=len(every_row) * max(model.num_layers - 1, 0) + len(wanted) * min(model.num_layers, 1),
+        desc="layer-wise inference",
+        unit="chunk",
+        disable=not progress,
+    )
+
+    def layer_rows(layer: int, ids: Tensor) -> Tensor:  # layer ``layer`` of the nodes ids, from x
+        adj_t = full_adjacency(indptr, indices, rows=ids).to(device)
+        return model.layer(layer, x, adj_t, x.index_select(0, ids.to(device)))
+
+    for layer in range(model.num_layers):
+        if layer < model.num_layers - 1:  # a layer a later layer reads: materialised for every node
+            layer_out = torch.empty_like(x)
+            for ids, _ in every_row:
+                start, end = int(ids[0]), int(ids[-1]) + 1
+                layer_out[start:end] = layer_rows(layer, ids)
+                if rows is None:
+                    out[start:end] = model.readout(out[start:end], layer_out[start:end].cpu())
+                bar.update()
+            if rows is not None:
+                for start in range(0, num_rows, chunk_size):
+                    end = min(start + chunk_size, num_rows)
+                    out[start:end] = model.readout(out[start:end], rows_of(layer_out, start, end).cpu())
+            x = layer_out
+            continue
+        done = 0
+        for ids, kept in wanted:  # the last layer: straight into the output
+            h = layer_rows(layer, ids).index_select(0, kept.to(device)).cpu()
+            out[done : done + kept.numel()] = model.readout(out[done : done + kept.numel()], h)
+            done += kept.numel()
+            bar.update()
+    bar.close()
+    return out
 
 
+def scoring_columns(model: Recommender) -> int:
+    """Columns :func:`scoring_vectors` adds to the model's outputs: 2 for a rating model, 1 for a
+    learned item bias, else 0."""
+    if model.global_bias is not None:
+        return 2
+    return 0 if model.bias_embedding is None else 1
+
+
+@torch.no_grad()
 def scoring_vectors(emb: Tensor, model: Recommender, *, cosine: bool, temperature: float, num_users: int) -> Tensor:
     """``[N, d]`` model outputs -> vectors whose plain inner product ranks as the model scores:
     normalised for cosine scoring, plus a column ``[1 | temperature * item bias]`` for a learned
     item bias (``cos + t * b`` ranks as the logit ``cos / t + b``). A rating model gets two columns,
     users ``[b_u + mean | 1]`` and items ``[1 | b_i]``: the inner product is then the predicted rating
-    (:meth:`Recommender.predict_rating`), and ranking by it ranks by predicted rating."""
+    (:meth:`Recommender.predict_rating`), and ranking by it ranks by predicted rating. A new tensor
+    (see :func:`finish_scoring_vectors` to fill one in place)."""
+    vectors = emb.new_empty((emb.shape[0], emb.shape[1] + scoring_columns(model)))
+    vectors[:, : emb.shape[1]] = emb
+    return finish_scoring_vectors(
+        vectors, model, dim=emb.shape[1], cosine=cosine, temperature=temperature, num_user_rows=num_users
+    )
+
+
+@torch.no_grad()
+def finish_scoring_vectors(
+    vectors: Tensor,
+    model: Recommender,
+    *,
+    dim: int,
+    cosine: bool,
+    temperature: float,
+    num_user_rows: int,
+    rows: Tensor | None = None,
+    chunk_size: int = 65536,
+) -> Tensor:
+    """:func:`scoring_vectors` in place: ``vectors [n, dim + scoring_columns]`` holds the outputs
+    in its first ``dim`` columns; they are normalised chunk by chunk (each row as
+    ``F.normalize`` of the whole would) and the extra columns written from the model's bias rows
+    (``rows [n]`` of its table, default all). The first ``num_user_rows`` rows are users (a graph's
+    users come first, and so do a part's). Returns ``vectors``."""
     if cosine:
-        emb = torch.nn.functional.normalize(emb, dim=-1)
-    if model.global_bias is not None:
-        bias = model.bias_embedding.weight.detach().cpu().to(emb.dtype)
-        first, second = bias.clone(), torch.ones_like(bias)
-        first[:num_users] += float(model.global_bias.detach())
-        first[num_users:], second[num_users:] = 1.0, bias[num_users:]
-        return torch.cat([emb, first, second], dim=1)
+        for start in range(0, vectors.shape[0], chunk_size):
+            emb = vectors[start : start + chunk_size, :dim]
+            emb.copy_(torch.nn.functional.normalize(emb.contiguous(), dim=-1))
+    users = num_user_rows
     if model.bias_embedding is None:
-        return emb
-    column = model.bias_embedding.weight.detach().cpu().to(emb.dtype) * temperature
-    column[:num_users] = 1.0
-    return torch.cat([emb, column], dim=1)
+        return vectors
+    bias = model.bias_embedding.weight.detach()[:, 0]
+    bias = (bias if rows is None else bias.index_select(0, rows.to(bias.device))).to(vectors.device, vectors.dtype)
+    if model.global_bias is not None:
+        vectors[:, dim] = bias
+        vectors[:users, dim] += float(model.global_bias.detach())
+        vectors[users:, dim] = 1.0
+        vectors[:users, dim + 1] = 1.0
+        vectors[users:, dim + 1] = bias[users:]
+        return vectors
+    torch.mul(bias, temperature, out=vectors[:, dim])
+    vectors[:users, dim] = 1.0
+    return vectors
 
 
 def exact_vectors(
-    model: Recommender, graph: Graph, job: TrainJobConfig, *, chunk_size: int = 65536, progress: bool = False
+    model: Recommender,
+    graph: Graph,
+    job: TrainJobConfig,
+    *,
+    chunk_size: int = 65536,
+    progress: bool = False,
+    rows: Tensor | None = None,
 ) -> Tensor:
-    """``[N, d]`` (``d + 1`` with an item bias) exact scoring vectors of every node: a plain inner
-    product ranks as the model does, in evaluation, export and FAISS alike."""
-    emb = full_graph_embeddings(model, graph.indptr, graph.indices, chunk_size=chunk_size, progress=progress)
-    return scoring_vectors(
-        emb, model, cosine=job.cosine_scores, temperature=job.optim.temperature, num_users=graph.num_users
+    """``[N, d]`` (``d + 1`` with an item bias) exact scoring vectors of every node (or of the
+    ascending node ids ``rows``, ``[R, d]``): a plain inner product ranks as the model does, in
+    evaluation, export and FAISS alike. Built in one ``[R, d + columns]`` buffer (the embeddings
+    are computed into its first columns), so memory is that buffer plus
+    :func:`full_graph_embeddings`' one layer."""
+    dim = model.embedding.weight.shape[1]
+    num_rows = graph.num_nodes if rows is None else rows.numel()
+    vectors = torch.empty(num_rows, dim + scoring_columns(model), device="cpu")
+    full_graph_embeddings(
+        model, graph.indptr, graph.indices, chunk_size=chunk_size, progress=progress, out=vectors[:, :dim], rows=rows
+    )
+    return finish_scoring_vectors(
+        vectors,
+        model,
+        dim=dim,
+        cosine=job.cosine_scores,
+        temperature=job.optim.temperature,
+        num_user_rows=graph.num_users if rows is None else int(torch.searchsorted(rows, graph.num_users)),
+        rows=rows,
+        chunk_size=chunk_size,
     )

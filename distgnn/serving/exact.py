@@ -15,22 +15,20 @@ import torch
 from torch import Tensor
 
 from distgnn.core.errors import DataError
-from distgnn.eval.metrics import CSR, topk_of_scores
+from distgnn.eval.metrics import CSR
 from distgnn.eval.protocol import interacted
+from distgnn.eval.protocol import top_items as protocol_top_items
 from distgnn.nn.models import Recommender, exact_vectors
 from distgnn.serving.export import load_run
 
 
-@torch.no_grad()
 def top_items(
     model: Recommender, vectors: Tensor, users: Tensor, num_users: int, exclude: list[CSR], k: int
 ) -> tuple[Tensor, Tensor]:
     """``(topk [B, k], scores [B, k])``: each user's best items by the model's own score
     (:meth:`Recommender.score`: the MLP for a pair model, the inner product otherwise) over exact
     scoring vectors ``[N, d]``, leaving out ``exclude``; ``-1`` where fewer than k items are left."""
-    scores = model.score(vectors[users], vectors[num_users:])
-    topk = topk_of_scores(scores, users, exclude, k)
-    return topk, scores.gather(1, topk.clamp(min=0))
+    return protocol_top_items(model.score, vectors[users], vectors[num_users:], users, exclude, k)
 
 
 class RunScorer:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from distgnn.core.checkpoint import BEST_MODEL, load_model_state
+from distgnn.core.checkpoint import BEST_MODEL, load_model_into
 from distgnn.core.config import TrainJobConfig, build_config
 from distgnn.core.errors import ConfigError, DataError
 from distgnn.core.files import atomic_folder, check_replaceable, checksums, inside, sha256_file
@@ -66,14 +66,13 @@ def load_run(run_dir: str | Path) -> tuple[TrainJobConfig, torch.nn.Module, Grap
     verify_graph_dir(job.graph)  # checksums: a damaged graph must not export degraded embeddings
     graph = load_graph(job.graph)
     model = model_from_config(job.model, graph, task=job.task)
-    state = load_model_state(run_dir / BEST_MODEL)
-    try:
-        model.load_state_dict(state["model"])
+    try:  # a partitioned run's tables come shard by shard (model.pt says where)
+        info = load_model_into(run_dir / BEST_MODEL, model)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise DataError(f"{run_dir / BEST_MODEL}: weights do not fit the model of {CONFIG_FILE} ({first})") from None
     model.eval()
-    return job, model, graph, state["info"]
+    return job, model, graph, info
 
 
 def embedding_table(raw_ids: pa.Array, vectors: np.ndarray) -> pa.Table:
@@ -87,6 +86,32 @@ def embedding_table(raw_ids: pa.Array, vectors: np.ndarray) -> pa.Table:
             "embedding": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
         }
     )
+
+
+ROWS_PER_WRITE = 1 << 18  # rows of embeddings encoded at a time (one Parquet row group)
+
+
+def write_embeddings(path: Path, raw_ids: pa.ChunkedArray, vectors: np.ndarray) -> None:
+    """:func:`embedding_table` written a row group of :data:`ROWS_PER_WRITE` rows at a time, so
+    encoding holds one group, never the whole table (the vectors are read in place)."""
+    with pq.ParquetWriter(path, embedding_table(raw_ids[:0], vectors[:0]).schema) as writer:
+        for start in range(0, len(vectors), ROWS_PER_WRITE):
+            table = embedding_table(raw_ids[start : start + ROWS_PER_WRITE], vectors[start : start + ROWS_PER_WRITE])
+            writer.write_table(table.set_column(1, "index", pa.array(np.arange(start, start + table.num_rows))))
+
+
+def write_seen(path: Path, graph_dir: Path) -> None:
+    """``seen.parquet``: the user, item indices of every known interaction (train, val, test), one
+    split at a time."""
+    writer = None
+    try:
+        for name in ("train", "val", "test"):
+            t = pq.read_table(graph_dir / f"{name}.parquet", columns=["user", "item"])
+            writer = writer or pq.ParquetWriter(path, t.schema.remove_metadata())
+            writer.write_table(t)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -231,25 +256,21 @@ def export(
 
     users = pq.read_table(graph.path / "users.parquet")["raw_id"]
     items = pq.read_table(graph.path / "items.parquet")["raw_id"]
-    seen_user, seen_item = [], []
-    for name in ("train", "val", "test"):
-        t = pq.read_table(graph.path / f"{name}.parquet", columns=["user", "item"])
-        seen_user.append(t["user"].to_numpy())
-        seen_item.append(t["item"].to_numpy())
-    # Round to the storage type first, so the indexes hold exactly the vectors the files hold.
-    stored = emb.numpy().astype(np.float16 if dtype == "float16" else np.float32)
+    # Round to the storage type first, so the indexes hold exactly the vectors the files hold
+    # (float32: the vectors themselves, no copy).
+    stored = np.asarray(emb.numpy(), dtype=np.float16 if dtype == "float16" else np.float32)
     user_vec, item_vec = stored[: graph.num_users], stored[graph.num_users :]
 
     with atomic_folder(output, kind="export", overwrite=overwrite) as tmp:
-        pq.write_table(embedding_table(users, user_vec), tmp / "users.parquet")
-        pq.write_table(embedding_table(items, item_vec), tmp / "items.parquet")
-        pq.write_table(
-            pa.table({"user": np.concatenate(seen_user), "item": np.concatenate(seen_item)}), tmp / "seen.parquet"
-        )
+        write_embeddings(tmp / "users.parquet", users, user_vec)
+        write_embeddings(tmp / "items.parquet", items, item_vec)
+        write_seen(tmp / "seen.parquet", graph.path)
         index_info = {}
         for index_type in indexes:
             t1 = time.perf_counter()
-            index = build_index(item_vec.astype(np.float32), index_type, metric="ip", use_gpu=use_gpu)
+            index = build_index(
+                np.ascontiguousarray(item_vec, dtype=np.float32), index_type, metric="ip", use_gpu=use_gpu
+            )
             save_index(index, tmp / f"index-{index_type}.faiss")
             index_info[index_type] = {
                 "file": f"index-{index_type}.faiss",

@@ -56,18 +56,37 @@ def route_to_owners(ids: Tensor, values: Tensor, bounds: Tensor) -> tuple[Tensor
     return got_ids, got_values
 
 
-def owned_average(local_ids: Tensor, values: Tensor, num_rows: int, world_size: int) -> Tensor:
+class RowSlots:
+    """Distinct rows of a table among a step's ids, in O(ids): a ``[num_rows]`` map kept from step
+    to step (-1: no slot) and reset where it was written, as the sampler's relabelling map is. A
+    step then never allocates, zeroes or scans anything the size of the table (a fresh ``[rows, d]``
+    buffer per step cost more than the step's arithmetic at 2.6M rows)."""
+
+    def __init__(self, num_rows: int, device: torch.device):
+        self.map = torch.full((num_rows,), -1, dtype=torch.long, device=device)
+
+    def assign(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """``(rows [m], slot [n])``: the distinct ``ids`` (in no particular order) and, for each id,
+        its row's position in ``rows``."""
+        entry = torch.arange(ids.numel(), device=ids.device)
+        self.map.index_put_((ids,), entry)  # one entry per distinct id keeps its own number
+        rows = ids[self.map.index_select(0, ids) == entry]
+        self.map.index_copy_(0, rows, torch.arange(rows.numel(), device=ids.device))
+        slot = self.map.index_select(0, ids)
+        self.map.index_fill_(0, rows, -1)
+        return rows, slot
+
+
+def owned_average(local_ids: Tensor, values: Tensor, num_rows: int, world_size: int, slots: RowSlots) -> Tensor:
     """The averaged gradient of a block of ``num_rows`` rows from the rows workers sent it
-    (``local_ids`` within the block, repeats summed): a coalesced sparse ``[num_rows, d]`` tensor
-    holding each row any worker touched, as DDP's sparse all-reduce keeps them."""
-    summed = values.new_zeros((num_rows, values.shape[1]))
-    summed.index_add_(0, local_ids, values)
-    touched = torch.zeros(num_rows, dtype=torch.bool, device=values.device)
-    touched[local_ids] = True
-    rows = torch.nonzero(touched).flatten()  # sorted and unique: already coalesced
-    return torch.sparse_coo_tensor(
-        rows[None], summed.index_select(0, rows) / world_size, (num_rows, values.shape[1]), is_coalesced=True
-    )
+    (``local_ids`` within the block, repeats summed): a sparse ``[num_rows, d]`` tensor holding each
+    row any worker touched once (as DDP's sparse all-reduce keeps them), in no particular order.
+    Repeats are added in the order they came, from zero, as a table-sized ``index_add_`` adds them,
+    so the sums are the same to the bit; the work follows the rows received."""
+    rows, slot = slots.assign(local_ids)
+    summed = values.new_zeros((rows.numel(), values.shape[1]))
+    summed.index_add_(0, slot, values)
+    return torch.sparse_coo_tensor(rows[None], summed / world_size, (num_rows, values.shape[1]))
 
 
 def send_to_all(ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
@@ -83,13 +102,16 @@ def send_to_all(ids: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     return got_ids, got_values
 
 
-def unique_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+def unique_rows(grad: Tensor, slots: RowSlots | None = None) -> tuple[Tensor, Tensor]:
     """``(rows, values)`` of a sparse ``[N, d]`` gradient, each row once (repeats summed), in any
     order. Coalescing sorts and gathers every touched row; a subgraph's rows are unique already,
-    which a bincount tells, and then nothing moves."""
+    and then nothing moves. ``slots`` (the table's :class:`RowSlots`) tells in O(rows touched);
+    without it a sort of the ids does (never a pass over all ``N`` rows). Repeats are summed by
+    ``coalesce``, as torch's SparseAdam sums them."""
     if not grad.is_coalesced():
         ids = grad._indices()[0]  # torch's documented accessor of an uncoalesced tensor
-        if ids.numel() == 0 or int(torch.bincount(ids).max()) <= 1:
+        distinct = slots.assign(ids)[0].numel() if slots is not None else torch.unique(ids).numel()
+        if distinct == ids.numel():
             return ids, grad._values()
         grad = grad.coalesce()
     return grad.indices()[0], grad.values()
@@ -97,7 +119,14 @@ def unique_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def sparse_adam_rows(
-    param: Tensor, grad: Tensor, state: dict, *, lr: float, betas: tuple[float, float], eps: float
+    param: Tensor,
+    grad: Tensor,
+    state: dict,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    slots: RowSlots | None = None,
 ) -> None:
     """One step of torch's SparseAdam (``torch.optim._functional.sparse_adam``) on ``param``, its
     arithmetic op for op, so the result is the same to the bit, with the touched rows addressed by
@@ -106,8 +135,9 @@ def sparse_adam_rows(
     here because no library ships a faster SparseAdam for CPU, and torch's is 1.35-1.56x slower on
     Gowalla steps (65k x 64 rows touched, one thread, ``benchmarks/sparse_adam.py``): +8% edges/s
     for one worker.
-    ``state`` holds SparseAdam's ``step`` (already incremented), ``exp_avg`` and ``exp_avg_sq``."""
-    rows, values = unique_rows(grad)
+    ``state`` holds SparseAdam's ``step`` (already incremented), ``exp_avg`` and ``exp_avg_sq``;
+    ``slots``: the table's :class:`RowSlots` (see :func:`unique_rows`)."""
+    rows, values = unique_rows(grad, slots)
     if values.numel() == 0:
         return
     (beta1, beta2), step = betas, state["step"]
@@ -124,7 +154,12 @@ def sparse_adam_rows(
 
 class IndexedSparseAdam(torch.optim.SparseAdam):
     """torch's SparseAdam (its state, checkpoints and ``lr`` handling) with the step computed by
-    :func:`sparse_adam_rows`: the same numbers to the bit, faster."""
+    :func:`sparse_adam_rows`: the same numbers to the bit, faster. Keeps one :class:`RowSlots` per
+    table (``8 x rows`` bytes), made at its first step."""
+
+    def __init__(self, params, **kwargs):
+        super().__init__(params, **kwargs)
+        self.slots: dict[int, RowSlots] = {}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -142,7 +177,10 @@ class IndexedSparseAdam(torch.optim.SparseAdam):
                 if not state:  # as SparseAdam initialises it
                     state.update(step=0, exp_avg=torch.zeros_like(param), exp_avg_sq=torch.zeros_like(param))
                 state["step"] += 1
-                sparse_adam_rows(param, param.grad, state, lr=group["lr"], betas=group["betas"], eps=group["eps"])
+                slots = self.slots.setdefault(id(param), RowSlots(param.shape[0], param.device))
+                sparse_adam_rows(
+                    param, param.grad, state, lr=group["lr"], betas=group["betas"], eps=group["eps"], slots=slots
+                )
         return loss
 
 
@@ -155,8 +193,11 @@ class RowShardedSparseAdam:
     Same arithmetic as DDP + SparseAdam over the whole tables: a row's moments see the same
     averaged gradients, and every block steps whenever its table does (an empty gradient when no
     worker touched the block), so the step counts behind Adam's bias correction agree.
-    :meth:`state_dict` gathers the blocks into SparseAdam's own format over whole tables, which is
-    what one worker writes: a checkpoint resumes on any number of workers.
+    Checkpoints: each worker writes :meth:`shard_state_dict` (its blocks' moments, no collective)
+    and :meth:`load_shard_states` rebuilds any worker's blocks from the shards of any number of
+    workers: a checkpoint resumes on any number of workers. :meth:`state_dict` gathers SparseAdam's
+    own format over whole tables on every worker (a collective holding the whole moments: for
+    tests and tools, not checkpoints).
     """
 
     def __init__(self, tables: list[nn.Parameter], lr: float):
@@ -171,6 +212,8 @@ class RowShardedSparseAdam:
         self.param_groups = self.inner.param_groups  # the learning-rate schedule sets lr here
         self.dense = [False] * len(tables)  # per table: this step's exchange moved whole blocks
         self.buffers: dict[tuple[int, str], Tensor] = {}
+        self.slots = [RowSlots(shard.shape[0], shard.device) for shard in self.shards]
+        self.inner.slots = {id(shard): slots for shard, slots in zip(self.shards, self.slots)}  # one map per block
 
     def buffer(self, index: int, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """A buffer kept from step to step: a fresh table-sized tensor each step costs more in page
@@ -219,7 +262,8 @@ class RowShardedSparseAdam:
                 shard.grad = self.reduce_blocks(i, ids, values)
             else:
                 got_ids, got_values = route_to_owners(ids, values, self.bounds[i])
-                shard.grad = owned_average(got_ids - self.blocks[i][0], got_values, shard.shape[0], world)
+                lo = self.blocks[i][0]
+                shard.grad = owned_average(got_ids - lo, got_values, shard.shape[0], world, self.slots[i])
 
     def reduce_blocks(self, index: int, ids: Tensor, values: Tensor) -> Tensor:
         """The dense way of :meth:`reduce_gradients` for table ``index``: sum into a table-sized
@@ -278,8 +322,52 @@ class RowShardedSparseAdam:
             table.index_copy_(0, ids, values)
         return in_flight
 
+    def shard_state_dict(self) -> dict[str, Any]:
+        """This worker's part of the state, no collective: SparseAdam's state of its blocks (the
+        moments' owned rows, tensors of their own) and, per table, ``[first row, end, rows]`` of
+        the block. What each worker writes into its own checkpoint file."""
+        inner = self.inner.state_dict()
+        blocks = [[lo, hi, table.shape[0]] for (lo, hi), table in zip(self.blocks, self.tables)]
+        return {"blocks": blocks, "state": inner["state"], "param_groups": inner["param_groups"]}
+
+    @torch.no_grad()
+    def load_shard_states(self, shards) -> None:
+        """Restore from the :meth:`shard_state_dict` of every worker of a checkpoint, whichever
+        their number: this worker copies its blocks' rows out of the shards that hold them.
+        ``shards`` is iterated once (a generator reading one file at a time keeps one in memory)."""
+        world_rows = [table.shape[0] for table in self.tables]
+        moments: dict[int, dict[str, Any]] = {}
+        covered = [0] * len(self.tables)
+        param_groups = None
+        for shard in shards:
+            param_groups = param_groups or shard["param_groups"]
+            if [int(b[2]) for b in shard["blocks"]] != world_rows:
+                raise ValueError(f"a checkpoint shard of tables {shard['blocks']} does not fit tables {world_rows}")
+            for index, (lo, hi) in enumerate(self.blocks):
+                shard_lo, shard_hi = int(shard["blocks"][index][0]), int(shard["blocks"][index][1])
+                first, end = max(lo, shard_lo), min(hi, shard_hi)
+                saved = shard["state"].get(index)
+                if first >= end or saved is None:
+                    continue
+                covered[index] += end - first
+                mine = moments.setdefault(index, {})
+                for key, value in saved.items():
+                    if isinstance(value, Tensor) and value.dim():
+                        if key not in mine:
+                            mine[key] = value.new_zeros((hi - lo, *value.shape[1:]), device=self.shards[index].device)
+                        mine[key][first - lo : end - lo] = value[first - shard_lo : end - shard_lo]
+                    else:
+                        mine[key] = value
+        for index, (lo, hi) in enumerate(self.blocks):
+            if index in moments and covered[index] != hi - lo:
+                raise ValueError(
+                    f"the checkpoint's shards cover {covered[index]} of rows {lo}..{hi - 1} of table {index}"
+                )
+        self.inner.load_state_dict({"state": moments, "param_groups": param_groups})
+
     def state_dict(self) -> dict[str, Any]:
-        """SparseAdam's state dict over the whole tables. Collective with more than one worker."""
+        """SparseAdam's state dict over the whole tables, on every worker. Collective with more
+        than one worker, and it holds the whole moments: checkpoints use :meth:`shard_state_dict`."""
         inner = self.inner.state_dict()
         if dist.world_size() == 1:
             return inner
@@ -293,12 +381,12 @@ class RowShardedSparseAdam:
 
     def load_state_dict(self, full: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`'s format (whichever number of workers wrote it): this
-        worker keeps its blocks' rows of the moments."""
+        worker keeps a copy of its blocks' rows of the moments (a view would pin the whole)."""
         state = {}
         for index, table_state in full["state"].items():
             lo, hi = self.blocks[int(index)]
             state[index] = {
-                key: value[lo:hi] if isinstance(value, Tensor) and value.dim() else value
+                key: value[lo:hi].clone() if isinstance(value, Tensor) and value.dim() else value
                 for key, value in table_state.items()
             }
         self.inner.load_state_dict({"state": state, "param_groups": full["param_groups"]})

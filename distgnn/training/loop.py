@@ -21,8 +21,7 @@ from typing import Any
 
 import torch
 
-from distgnn.core import dist
-from distgnn.core.checkpoint import load_training_state, save_training_state
+from distgnn.core import dist, stage
 from distgnn.core.config import OptimConfig, TrainJobConfig, config_to_dict
 from distgnn.core.errors import ConfigError
 from distgnn.core.files import write_json_atomic
@@ -52,11 +51,10 @@ def fit(
     o, e = job.optim, job.eval
     start_epoch, history, best = 0, [], None
     if restore is not None:
-        state = load_training_state(
-            restore, model=strategy.model, optimizers=strategy.optimizers, name=strategy.state_file
-        )
+        state = strategy.restore(restore)
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         log.info("resumed from %s at epoch %d", restore, start_epoch)
+    stage.enter_stage("load")  # each stage is noted for the driver, which names it if Ray kills the worker
     loader, num_edges = strategy.make_loader(start_epoch)
     steps = dist.all_reduce_min(len(loader))  # equal steps on every rank: each step runs collectives
     if o.max_steps_per_epoch:
@@ -88,6 +86,7 @@ def fit(
             break
         maybe_crash(job, run_dir, epoch)
         t0 = time.perf_counter()
+        stage.enter_stage("training step")
         loss_sum, clock = train_steps(strategy, loader, steps, o, epoch, profile=job.run.profile)
         train_s = dist.all_reduce_max(time.perf_counter() - t0)  # the slowest rank: same history everywhere
         totals = dist.all_reduce_sum({"loss": loss_sum, "steps": steps, **clock.seconds})
@@ -104,11 +103,13 @@ def fit(
         if (epoch + 1) % e.every == 0 or epoch == o.epochs - 1:
             strategy.model.eval()
             t1 = time.perf_counter()
+            stage.enter_stage("evaluation")
             record["eval"], record["eval_split"] = strategy.evaluate(split), split
             record["eval_s"] = round(dist.all_reduce_max(time.perf_counter() - t1), 3)
             # Without a validation split the last epoch is kept: choosing by test would be cheating.
             if best is None or split == "test" or improves(e.metric, record["eval"][e.metric], best["value"]):
                 best = {"epoch": epoch, "value": record["eval"][e.metric]}
+                stage.enter_stage("checkpoint")
                 strategy.save_best(run_dir, {"epoch": epoch, e.metric: best["value"], "config": config_to_dict(job)})
         history.append(record)
         spent_s += record["train_s"] + record.get("eval_s", 0.0)
@@ -122,14 +123,18 @@ def fit(
             break
 
     training_peak_mb = dist.all_reduce_max(peak_rss_mb())  # before the final evaluation's buffers
+    stage.enter_stage("checkpoint")
     info = strategy.load_best(run_dir)
     strategy.model.eval()
+    stage.enter_stage("baselines")
     baselines = strategy.baselines("test")
+    stage.enter_stage("test")
+    test = strategy.evaluate("test", samples_to=run_dir)  # and samples.csv: a few test users' top-k
     results = {
         "model": job.model.name,
         "task": job.task,
         "best_epoch": info["epoch"],
-        "test": strategy.evaluate("test"),
+        "test": test,
         "baselines_test": baselines,
         **({"popularity_test": baselines["popularity"]} if "popularity" in baselines else {}),
         "epochs_run": len(history),
@@ -198,6 +203,8 @@ def train_steps(
         in_flight = clock.lap("share", strategy.share_parameters())
         loss_sum += loss.detach()
     clock.lap("share", [work.wait() for work in in_flight])
+    for opt in strategy.optimizers:  # the last step's gradients (the touched rows) would live on into evaluation
+        opt.zero_grad()
     return loss_sum.cpu(), clock
 
 
@@ -252,24 +259,14 @@ def flat_metrics(record: dict) -> dict:
 def report_epoch(
     report: ReportFn | None, metrics: dict, strategy: Any, epoch: int, history: list, best: dict | None
 ) -> None:
-    """Report an epoch with a checkpoint: rank 0's copy of a replicated state, or every rank's own
-    shard (Ray merges the files into one folder)."""
+    """Report an epoch with a checkpoint: every rank writes its own file (its shard of the state,
+    no collective; Ray merges the files into one folder)."""
     if report is None:
         return
-    optimizer_states = [opt.state_dict() for opt in strategy.optimizers]  # every rank: may be collective
+    stage.enter_stage("checkpoint")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = None
-        if strategy.every_rank_checkpoints or dist.rank() == 0:
-            folder = save_training_state(
-                Path(tmp),
-                model=strategy.model,
-                optimizer_states=optimizer_states,
-                epoch=epoch,
-                history=history,
-                best=best,
-                name=strategy.state_file,
-            )
-        report(metrics, folder)
+        strategy.save_state(Path(tmp), epoch, history, best)
+        report(metrics, Path(tmp))
 
 
 def maybe_crash(job: TrainJobConfig, run_dir: Path, epoch: int) -> None:

@@ -32,25 +32,59 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import torch.distributed as tdist
 from torch import Tensor, nn
 from torch_geometric.data import Data
 
 from distgnn.core import dist
-from distgnn.core.checkpoint import load_checked, save_checked, save_model
+from distgnn.core.checkpoint import (
+    BEST_MODEL,
+    load_checked,
+    load_training_state,
+    save_model_shard,
+    save_sharded_model,
+    save_training_state,
+    shard_file,
+)
 from distgnn.core.config import TrainJobConfig
-from distgnn.data.graph import ItemSets, csr_row_positions, item_sets_from_pairs
+from distgnn.data.graph import SPLITS, ItemSets, ShiftedIndices, csr_row_positions, item_sets_from_pairs, row_chunks
 from distgnn.data.partition import Partition, global_to_local, load_partition
-from distgnn.eval.metrics import evaluate_popularity, evaluate_ranking, finalize
-from distgnn.eval.protocol import evaluated_users, excluded, truth
+from distgnn.eval.metrics import evaluate_popularity, evaluate_scorer, finalize
+from distgnn.eval.protocol import (
+    SAMPLES_FILE,
+    ScoringVectors,
+    as_scoring_vectors,
+    evaluated_users,
+    excluded,
+    sample_users,
+    samples_table,
+    top_items,
+    truth,
+    write_samples_csv,
+)
 from distgnn.nn.loaders import link_loader, positive_draw_weights
-from distgnn.nn.models import Recommender, build_model, lightgcn_edge_weight, sampled_adjacency
-from distgnn.nn.sampler import NeighborSampler, expand_subgraph, sample_negative_items, sample_neighbors
+from distgnn.nn.models import (
+    Recommender,
+    build_model,
+    finish_scoring_vectors,
+    lightgcn_edge_weight,
+    sampled_adjacency,
+    scoring_columns,
+)
+from distgnn.nn.sampler import (
+    NeighborSampler,
+    csr_contains,
+    expand_subgraph,
+    sample_negative_items,
+    sample_neighbors,
+)
 from distgnn.training.exchange import Fetched, Traffic, block_sums, exchange, fetch_rows, group_by_owner, push_gradients
 from distgnn.training.objective import candidate_log_q, contrastive_term, link_loss, make_optimizers, positive_cells
 
 log = logging.getLogger(__name__)
 
 SHARDS_DIR = "model-parts"
+NUM_SAMPLE_USERS, SAMPLE_K = 5, 10  # samples.csv, as the replicated strategy writes it
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,8 +206,17 @@ class PartView:
         end = int(p.indptr[self.num_owned_users])
         return ItemSets(p.indptr[: self.num_owned_users + 1], p.indices[:end] - p.num_users)
 
+    @property
+    def train_csr(self) -> tuple[Tensor, ShiftedIndices]:
+        """:attr:`train` read in place from the part's CSR (no copy), for exclusion."""
+        p = self.partition
+        end = int(p.indptr[self.num_owned_users])
+        return p.indptr[: self.num_owned_users + 1], ShiftedIndices(p.indices[:end], p.num_users)
+
     def split(self, name: str) -> ItemSets:
-        return {"train": self.train, "val": self.val, "test": self.test}[name]
+        if name not in SPLITS:
+            raise KeyError(name)
+        return getattr(self, name)  # only the one asked for: the training sets are built on use
 
 
 def held_bytes(view: PartView, model: nn.Module) -> dict[str, int]:
@@ -217,46 +260,71 @@ def load_part_view(graph_dir: str | Path, rank: int, world_size: int) -> PartVie
 # Exact embeddings and evaluation, partitioned
 
 
-def row_chunks(indptr: Tensor, max_entries: int) -> list[tuple[int, int]]:
-    """Consecutive ``(start, end)`` row ranges of a CSR holding at most ``max_entries`` entries each
-    (a single row longer than that gets a range of its own). Rows, not entries, are the natural
-    unit, but power-law graphs put 10^4-10^5 entries in one hub row."""
-    num_rows, bounds = indptr.numel() - 1, [0]
-    while bounds[-1] < num_rows:
-        start = bounds[-1]
-        end = int(torch.searchsorted(indptr, indptr[start] + max_entries, right=True)) - 1
-        bounds.append(min(max(end, start + 1), num_rows))
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
 @torch.no_grad()
 def partitioned_embeddings(
-    model: Recommender, view: PartView, *, max_entries: int = 1 << 19, traffic: Traffic | None = None
+    model: Recommender,
+    view: PartView,
+    *,
+    max_entries: int = 1 << 17,
+    traffic: Traffic | None = None,
+    out: Tensor | None = None,
+    rows: Tensor | None = None,
 ) -> Tensor:
-    """Exact (unsampled) output embeddings of the nodes this part owns, ``[n_p, d]``.
+    """Exact (unsampled) output embeddings of the nodes this part owns, ``[n_p, d]`` (of its local
+    rows ``rows`` only, ``[R, d]``, when given; into ``out`` when given: the first columns of the
+    scoring vectors, see :meth:`Partitioned.vectors`).
 
     Layer-wise, as :func:`distgnn.nn.models.full_graph_embeddings`: each layer is materialised for
-    every node before the next, in chunks of owned rows holding at most ``max_entries`` adjacency
-    entries; for each chunk the worker fetches the previous layer's rows of the chunk's neighbors
-    from their owners and applies the model's layer to the chunk's rows of the normalised adjacency.
-    Chunks bound the extra memory to a few ``[max_entries]`` index buffers and ``[max_entries, d]``
-    fetched rows.
+    every node before the next (the last one for the rows asked only), in chunks of owned rows
+    holding at most ``max_entries`` adjacency entries; for each chunk the worker fetches the
+    previous layer's rows of the chunk's neighbors from their owners and applies the model's layer
+    to the chunk's rows of the normalised adjacency. Memory: the output and one ``[n_p, d]`` layer
+    (the id rows are the first layer's input, read in place; the last layer goes into the output
+    chunk by chunk), plus a few ``[max_entries]`` index buffers and ``[max_entries, d]`` fetched
+    rows (2^17 entries: ~34 MB each at d = 64). The result does not depend on ``max_entries`` or
+    ``rows``: each row's sum runs over the same entries in the same order (tested against the
+    whole graph's, bit for bit). Collective: every rank runs the same number of chunks.
     """
     p = view.partition
     x = model.embedding.weight.detach()
-    out = model.readout(None, x)
-    if model.num_layers > 0:
-        chunks = row_chunks(p.indptr, max_entries)
+    num_rows = p.num_nodes if rows is None else rows.numel()
+    if out is None:
+        out = x.new_empty((num_rows, x.shape[1]))
+
+    def rows_of(table: Tensor, start: int, end: int) -> Tensor:  # table's rows at output rows start..end-1
+        return table[start:end] if rows is None else table.index_select(0, rows[start:end])
+
+    for start in range(0, num_rows, 1 << 16):
+        out[start : start + (1 << 16)] = model.readout(None, rows_of(x, start, start + (1 << 16)))
+    if model.num_layers == 0:
+        return out
+
+    def padded(chunks: list[tuple[int, int]], end: int) -> list[tuple[int, int]]:
         # every rank runs the same number of chunks (each one is a collective); spare ones are empty
-        chunks += [(p.num_nodes, p.num_nodes)] * (int(dist.all_reduce_max(len(chunks))) - len(chunks))
-        for index in range(model.num_layers):
-            layer, x = x, torch.empty_like(x)
-            for start, end in chunks:
-                rows = torch.arange(start, end)
-                adj_t, halo = chunk_adjacency(view, rows)
-                x_halo, _ = fetch_rows(lambda r, layer=layer: layer.index_select(0, r), p, halo, traffic)
-                x[rows] = model.layer(index, x_halo, adj_t)
-            out = model.readout(out, x)
+        return chunks + [(end, end)] * (int(dist.all_reduce_max(len(chunks))) - len(chunks))
+
+    every_row = padded(row_chunks(p.indptr, max_entries), p.num_nodes)
+    if rows is None:
+        wanted = every_row
+    else:
+        degree = p.indptr.index_select(0, rows + 1) - p.indptr.index_select(0, rows)
+        wanted = padded(row_chunks(torch.cat([degree.new_zeros(1), torch.cumsum(degree, 0)]), max_entries), num_rows)
+    for index in range(model.num_layers):
+        last = index == model.num_layers - 1
+        layer, x = x, None if last else torch.empty_like(x)
+        for start, end in wanted if last else every_row:
+            ids = torch.arange(start, end) if rows is None or not last else rows[start:end]
+            adj_t, halo = chunk_adjacency(view, ids)
+            x_halo, _ = fetch_rows(lambda r, layer=layer: layer.index_select(0, r), p, halo, traffic)
+            h = model.layer(index, x_halo, adj_t)
+            if not last:
+                x[start:end] = h
+            if last or rows is None:
+                out[start:end] = model.readout(out[start:end], h)
+        if not last and rows is not None:
+            for start in range(0, num_rows, 1 << 16):
+                end = min(start + (1 << 16), num_rows)
+                out[start:end] = model.readout(out[start:end], rows_of(x, start, end))
     return out
 
 
@@ -274,16 +342,28 @@ def chunk_adjacency(view: PartView, rows: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sparse_csr_tensor(crow, column, weight, (rows.numel(), halo.numel())), halo
 
 
-def gather_items(embeddings: Tensor, view: PartView) -> Tensor:
-    """``[I, d]`` embeddings of all items on every worker (ranking scores every item)."""
-    p, world = view.partition, dist.world_size()
-    item_rows = embeddings[view.num_owned_users :]
+GATHER_ROWS = 1 << 16  # item rows broadcast at a time
+
+
+def gather_items(own: Tensor, view: PartView) -> Tensor:
+    """``[I, d]`` scoring vectors of all items on every worker (ranking scores every item), from
+    ``own``, this part's items' ``[n_items_p, d]`` in its local order: each worker broadcasts its
+    rows, a block of :data:`GATHER_ROWS` at a time, so the only memory beyond the items' table is
+    one block. Collective."""
+    p, rank = view.partition, dist.rank()
     ids = p.nodes[view.num_owned_users :] - p.num_users
-    counts = torch.full((world,), ids.numel(), dtype=torch.long)
-    all_ids, _ = exchange(ids.repeat(world), counts)
-    all_rows, _ = exchange(item_rows.repeat(world, 1), counts)
-    items = torch.empty(p.num_items, embeddings.shape[1], dtype=embeddings.dtype)
-    items[all_ids] = all_rows
+    items = own.new_empty((p.num_items, own.shape[1]))
+    if dist.world_size() == 1:
+        return items.index_copy_(0, ids, own)
+    for owner, owner_ids in enumerate(dist.all_gather_uneven(ids)):
+        for start in range(0, owner_ids.numel(), GATHER_ROWS):
+            block_ids = owner_ids[start : start + GATHER_ROWS]
+            if owner == rank:
+                block = own[start : start + GATHER_ROWS].contiguous()
+            else:
+                block = own.new_empty((block_ids.numel(), own.shape[1]))
+            tdist.broadcast(block, src=owner, group=dist.group_for(block))
+            items.index_copy_(0, block_ids, block)
     return items
 
 
@@ -294,20 +374,37 @@ def evaluated_rows(view: PartView, max_users: int) -> Tensor:
     return rows if mask is None else rows[mask[view.partition.nodes[: view.num_owned_users]]]
 
 
+def scored_rows(view: PartView, split: str, max_users: int) -> Tensor:
+    """Local rows of the users :func:`evaluate_partitioned` scores on ``split`` (in the sample, with
+    held-out items): the user rows :class:`ScoringVectors` needs besides the items."""
+    rows = evaluated_rows(view, max_users)
+    return rows[view.split(split).counts[rows] > 0]
+
+
 @torch.no_grad()
 def evaluate_partitioned(
-    embeddings: Tensor, view: PartView, split: str, ks: tuple[int, ...], *, batch_size: int, max_users: int = 0
+    embeddings: Tensor | ScoringVectors,
+    view: PartView,
+    split: str,
+    ks: tuple[int, ...],
+    *,
+    batch_size: int,
+    max_users: int = 0,
 ) -> dict[str, float]:
-    """Full-ranking metrics of this worker's users against all items, summed over workers."""
-    items = gather_items(embeddings, view)
-    sums = evaluate_ranking(
-        embeddings[: view.num_owned_users],
-        items,
+    """Full-ranking metrics of this worker's users against all items, summed over workers, from
+    the part's ``[n_p, d]`` scoring vectors (or the :class:`ScoringVectors` of its local rows
+    :func:`scored_rows` and its items)."""
+    vectors = as_scoring_vectors(embeddings, view.num_owned_users)
+    items = gather_items(vectors.items, view)
+    sums = evaluate_scorer(  # evaluate_ranking's arithmetic, users' rows looked up among the rows held
+        lambda chunk: vectors.users(chunk) @ items.T,
         evaluated_rows(view, max_users),
         excluded(view, split),  # the protocol's rule, over this part's users
         truth(view, split),
         list(ks),
         batch_size=batch_size,
+        num_items=items.shape[0],
+        width=items.shape[1],
     )
     return finalize(dist.all_reduce_sum(sums))
 
@@ -328,51 +425,14 @@ def popularity_partitioned(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Model shards on disk
-
-
-def save_shard(folder: Path, model: Recommender, view: PartView, info: dict) -> None:
-    """This part's embedding rows with their global node ids: ``folder/part-XXX.pt``."""
-    save_checked(
-        {"nodes": view.partition.nodes.clone(), "model": model.state_dict(), "info": info},
-        folder / f"part-{view.partition.part_id:03d}.pt",
-    )
-
-
-def load_shard(folder: Path, model: Recommender, view: PartView) -> dict:
-    state = load_checked(folder / f"part-{view.partition.part_id:03d}.pt", "model shard")
-    model.load_state_dict(state["model"])
-    return state["info"]
-
-
-def assemble_model(folder: Path, num_parts: int, out: Path) -> None:
-    """Write one whole-graph ``model.pt`` (what export reads) from the per-part best shards in
-    ``folder``. Runs in the driver after training: the only place where the full table is held."""
-    shards = [load_checked(folder / f"part-{p:03d}.pt", "model shard") for p in range(num_parts)]
-    num_nodes = sum(s["nodes"].numel() for s in shards)
-    state: dict[str, Tensor] = {}
-    for key in shards[0]["model"]:
-        first = shards[0]["model"][key]
-        if key.endswith("embedding.weight"):
-            table = first.new_empty((num_nodes,) + tuple(first.shape[1:]))
-            for s in shards:
-                table[s["nodes"]] = s["model"][key]
-            state[key] = table
-        else:
-            state[key] = first
-    save_model(out, state, shards[0]["info"])
-
-
-# ---------------------------------------------------------------------------------------------------
 # The strategy
 
 
 class Partitioned:
     """Worker ``r`` holds part ``r`` and its rows of the tables (see the module notes). The best
-    model is kept as one shard per part (``run_dir/model-parts/``) and joined into ``model.pt`` by
-    the driver (:func:`assemble_model`)."""
-
-    every_rank_checkpoints = True  # each rank's state is its own shard
+    model is kept as one shard per part (``run_dir/model-parts/``) with a ``model.pt`` saying so
+    (:func:`~distgnn.core.checkpoint.save_sharded_model`); export reads the shards one by one
+    (:func:`~distgnn.core.checkpoint.load_model_into`), so no process ever joins the tables."""
 
     def __init__(self, job: TrainJobConfig, *, device: torch.device = torch.device("cpu")):
         rank = dist.rank()
@@ -482,23 +542,74 @@ class Partitioned:
             "traffic_per_step": history[-1]["traffic"] if history else {},
         }
 
-    def vectors(self) -> Tensor:
-        """Scoring vectors of the owned nodes: normalised for cosine, item-bias column appended."""
+    def vectors(self, rows: Tensor | None = None) -> Tensor:
+        """Scoring vectors of the owned nodes ``[n_p, d (+ 1)]`` (of the local rows ``rows`` only,
+        when given): normalised for cosine, item-bias column appended, built in place in one
+        buffer. Collective."""
         model, job = self.model, self.job
-        out = partitioned_embeddings(model, self.view)
-        if job.cosine_scores:
-            out = torch.nn.functional.normalize(out, dim=-1)
-        if model.bias_embedding is not None:
-            column = model.bias_embedding.weight.detach() * job.optim.temperature
-            column[: self.view.num_owned_users] = 1.0
-            out = torch.cat([out, column], dim=1)
-        return out
-
-    def evaluate(self, split: str) -> dict[str, float]:
-        e = self.job.eval
-        return evaluate_partitioned(
-            self.vectors(), self.view, split, e.ks, batch_size=e.batch_size, max_users=e.max_users
+        dim = model.embedding.weight.shape[1]
+        num_rows = self.view.partition.num_nodes if rows is None else rows.numel()
+        vectors = model.embedding.weight.new_empty((num_rows, dim + scoring_columns(model)))
+        partitioned_embeddings(model, self.view, out=vectors[:, :dim], rows=rows)
+        owned_users = self.view.num_owned_users
+        return finish_scoring_vectors(
+            vectors,
+            model,
+            dim=dim,
+            cosine=job.cosine_scores,
+            temperature=job.optim.temperature,
+            num_user_rows=owned_users if rows is None else int(torch.searchsorted(rows, owned_users)),
+            rows=rows,
         )
+
+    def evaluate(self, split: str, *, samples_to: Path | None = None) -> dict[str, float]:
+        """Full-ranking metrics on ``split``, from the vectors of the users this part scores and
+        of its items (:func:`scored_rows`); ``samples_to``: also write the run's ``samples.csv``
+        there (rank 0). Collective."""
+        e, view = self.job.eval, self.view
+        users = [scored_rows(view, split, e.max_users)]
+        samples = self.sample_users() if samples_to is not None else None
+        if samples is not None:
+            users.append(samples[1])
+        rows = torch.cat([torch.unique(torch.cat(users)), torch.arange(view.num_owned_users, view.partition.num_nodes)])
+        vectors = ScoringVectors(self.vectors(rows), rows, view.num_owned_users)
+        results = evaluate_partitioned(vectors, view, split, e.ks, batch_size=e.batch_size, max_users=e.max_users)
+        if samples is not None:
+            self.write_samples(samples_to, vectors, samples)
+        return results
+
+    def sample_users(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(users, rows, here)``: the 5 random users with test items ``samples.csv`` shows (the
+        replicated strategy's draw), the local rows of those this part owns and their positions
+        among ``users``. Collective."""
+        view = self.view
+        p, owned_users = view.partition, view.num_owned_users
+        mine = p.nodes[:owned_users][view.test.counts > 0]  # global ids, ascending
+        users = sample_users(torch.sort(torch.cat(dist.all_gather_uneven(mine))).values, NUM_SAMPLE_USERS)
+        rows = global_to_local(p, users)
+        here = torch.nonzero((rows >= 0) & (rows < owned_users)).flatten()
+        return users, rows[here], here
+
+    @torch.no_grad()
+    def write_samples(self, run_dir: Path, vectors: ScoringVectors, samples: tuple[Tensor, Tensor, Tensor]) -> None:
+        """``run_dir/samples.csv``: the top-10 of the users of :meth:`sample_users`; each part
+        ranks those it owns, rank 0 writes. Collective."""
+        view, k = self.view, SAMPLE_K
+        users, rows, here = samples
+        if users.numel() == 0:  # no test items anywhere: nothing to show (every rank agrees)
+            return
+        items = gather_items(vectors.items, view)
+        topk, scores = top_items(None, vectors.users(rows), items, rows, excluded(view, "test"), k)
+        held_out = csr_contains(view.test.indptr, view.test.indices, rows.repeat_interleave(k), topk.flatten())
+        gathered = [
+            torch.cat(dist.all_gather_uneven(t))
+            for t in (here, topk, scores, held_out.view(topk.shape).to(torch.int64))
+        ]
+        if dist.rank() == 0:
+            order = torch.argsort(gathered[0])
+            topk, scores, held_out = (t[order] for t in gathered[1:])
+            table = samples_table(self.job.graph, users, topk, scores, held_out.bool())
+            write_samples_csv(table, run_dir / SAMPLES_FILE)
 
     def baselines(self, split: str) -> dict[str, dict[str, float]]:
         e = self.job.eval
@@ -506,11 +617,37 @@ class Partitioned:
         return {"popularity": popularity}
 
     def save_best(self, run_dir: Path, info: dict) -> None:
-        save_shard(run_dir / SHARDS_DIR, self.model, self.view, info)
+        """This part's shard of the best model; rank 0 also writes ``model.pt``, which points at
+        the shards (the epoch in every shard's info must match it)."""
+        p = self.view.partition
+        save_model_shard(run_dir / SHARDS_DIR, p.part_id, p.nodes, self.model.state_dict(), info)
+        if dist.rank() == 0:
+            save_sharded_model(
+                run_dir / BEST_MODEL, self.model.state_dict(), info, folder=SHARDS_DIR, num_parts=p.num_parts
+            )
 
     def load_best(self, run_dir: Path) -> dict:
         dist.barrier()
-        return load_shard(run_dir / SHARDS_DIR, self.model, self.view)
+        shard = load_checked(shard_file(run_dir / SHARDS_DIR, self.view.partition.part_id), "model shard")
+        self.model.load_state_dict(shard["model"])
+        return shard["info"]
+
+    def save_state(self, folder: Path, epoch: int, history: list[dict], best: dict | None) -> None:
+        """This part's checkpoint file in ``folder`` (its rows and their optimizer state: every
+        rank writes its own; Ray merges them into one folder)."""
+        save_training_state(
+            folder,
+            model=self.model,
+            optimizer_states=[opt.state_dict() for opt in self.optimizers],
+            epoch=epoch,
+            history=history,
+            best=best,
+            name=self.state_file,
+        )
+
+    def restore(self, folder: Path) -> dict:
+        """Resume this part from its file of a checkpoint folder; returns the loop's state."""
+        return load_training_state(folder, model=self.model, optimizers=self.optimizers, name=self.state_file)
 
 
 def traffic_summary(totals: dict[str, float], steps: int, world_size: int) -> dict[str, float]:
